@@ -1,0 +1,158 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: pick the host library from the
+config, check mmvpt types up front, fit the config to the machine (CPU or GPU, single process
+or distributed) and start the process group."""
+import importlib
+import os
+import os.path as osp
+import subprocess
+
+import torch
+from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for tools)
+
+from mmvpt.registry import ALL_REGISTRIES
+
+# default_scope -> the module that must be imported for its registries to fill.
+SUPPORTED_HOSTS = {'mmpretrain': 'mmpretrain', 'mmseg': 'mmseg'}
+
+# Norm layers that need one process per GPU; on CPU they become plain BN.
+_SYNC_BN_TYPES = {'SyncBN', 'MMSyncBN', 'mmseg.SyncBN', 'mmpretrain.SyncBN'}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, named with its place in the config."""
+
+
+def host_of(cfg):
+    """The OpenMMLab library a config belongs to, from its ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in SUPPORTED_HOSTS:
+        raise ConfigError(
+            f'default_scope={scope!r} in {cfg.filename}: mmvpt tools run configs of '
+            f'{sorted(SUPPORTED_HOSTS)}; set default_scope to one of them')
+    return scope
+
+
+def _walk(node, path=''):
+    """Yields (path, dict) for every dict in a nested config."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _walk(value, f'{path}.{key}' if path else str(key))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _walk(value, f'{path}[{i}]')
+
+
+def check_mmvpt_types(cfg):
+    """Fails with the config path of the first ``type='mmvpt.X'`` that no mmvpt registry has.
+
+    MMEngine would only notice when that part is built, possibly after training started,
+    and its message does not say where in the config the name stands.
+    """
+    known = set()
+    for registry in ALL_REGISTRIES:
+        registry.import_from_location()
+        known.update(registry.module_dict)
+    for path, node in _walk(cfg._cfg_dict.to_dict()):
+        type_name = node.get('type')
+        if isinstance(type_name, str) and type_name.startswith('mmvpt.'):
+            name = type_name[len('mmvpt.'):]
+            if name not in known:
+                raise ConfigError(
+                    f'{path}.type={type_name!r} in {cfg.filename}: no such mmvpt type. '
+                    f'Known mmvpt types: {", ".join(sorted(known))}')
+
+
+def adapt_to_device(cfg, launcher):
+    """Keeps a GPU config runnable on CPU: SyncBN becomes BN, DDP gets no device ids and
+    collectives go through gloo. A GPU machine gets the config unchanged."""
+    if torch.cuda.is_available():
+        return cfg
+    for _, node in _walk(cfg._cfg_dict):
+        if node.get('type') in _SYNC_BN_TYPES:
+            node['type'] = 'BN'
+    if launcher != 'none':
+        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+        wrapper.setdefault('device_ids', None)
+        cfg.model_wrapper_cfg = wrapper
+        cfg.setdefault('env_cfg', dict())
+        cfg.env_cfg.setdefault('dist_cfg', dict())
+        cfg.env_cfg.dist_cfg['backend'] = 'gloo'
+    return cfg
+
+
+_TORCHRUN_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def _slurm_to_torch_env(port):
+    """Sets torchrun's variables from SLURM's, as MMEngine does for its slurm launcher."""
+    needed = ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
+    missing = [name for name in needed if name not in os.environ]
+    if missing:
+        raise RuntimeError(f'launcher "slurm" cannot start: {", ".join(missing)} not set; '
+                           'run it through srun (tools/slurm_train.sh)')
+    node_list = os.environ['SLURM_NODELIST']
+    try:
+        addr = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1').strip()
+    except OSError:
+        addr = ''
+    os.environ.setdefault('MASTER_ADDR', addr or '127.0.0.1')
+    os.environ.setdefault('MASTER_PORT', str(port or 29500))
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+
+
+def init_distributed(launcher, port=None):
+    """Checks that ``launcher`` can start and, on CPU, starts the gloo process group.
+
+    On GPU MMEngine's own ``init_dist`` runs later (it calls ``torch.cuda.set_device``,
+    which is why CPU runs have to be set up here first).
+    """
+    if launcher == 'none':
+        return
+    if launcher == 'pytorch':
+        missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
+        if missing:
+            raise RuntimeError(
+                f'launcher "pytorch" cannot start: {", ".join(missing)} not set. Start it with '
+                'torchrun, e.g. tools/dist_train.sh CONFIG NUM_PROCESSES')
+    elif launcher == 'slurm':
+        if not torch.cuda.is_available():
+            _slurm_to_torch_env(port)
+    elif launcher == 'mpi':
+        if 'OMPI_COMM_WORLD_LOCAL_RANK' not in os.environ:
+            raise RuntimeError('launcher "mpi" cannot start: OMPI_COMM_WORLD_LOCAL_RANK not set; '
+                               'run it through mpirun')
+    else:
+        raise RuntimeError(f'unknown launcher {launcher!r}; use none, pytorch, slurm or mpi')
+    if not torch.cuda.is_available() and not torch.distributed.is_initialized():
+        if launcher == 'mpi':
+            os.environ.setdefault('RANK', os.environ['OMPI_COMM_WORLD_RANK'])
+            os.environ.setdefault('WORLD_SIZE', os.environ['OMPI_COMM_WORLD_SIZE'])
+            os.environ.setdefault('LOCAL_RANK', os.environ['OMPI_COMM_WORLD_LOCAL_RANK'])
+        torch.distributed.init_process_group(backend='gloo')
+
+
+def prepare_config(config_path, cfg_options=None, work_dir=None, launcher='none'):
+    """Loads a config and makes it ready for MMEngine's runner on this machine.
+
+    Imports the host library and mmvpt, checks mmvpt types, sets the work dir
+    (default ``./work_dirs/<config name>``) and adapts the config to the device.
+    """
+    if not osp.isfile(config_path):
+        raise FileNotFoundError(f'config file {config_path!r} does not exist')
+    cfg = Config.fromfile(config_path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    host = host_of(cfg)
+    importlib.import_module(SUPPORTED_HOSTS[host])
+    importlib.import_module('mmvpt')
+    check_mmvpt_types(cfg)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    adapt_to_device(cfg, launcher)
+    return cfg

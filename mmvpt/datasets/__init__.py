@@ -1,0 +1,1 @@
+"""Datasets (imported lazily: they build on mmpretrain / mmseg)."""

@@ -1,0 +1,4 @@
+"""Training hooks."""
+from .hooks import ParameterReportHook
+
+__all__ = ['ParameterReportHook']

@@ -1,0 +1,200 @@
+"""A timm VisionTransformer, frozen, run block by block with a prompt method plugged in."""
+import timm
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from timm.layers import Attention, resample_abs_pos_embed
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from mmvpt.registry import MODELS
+from ..utils.attention import self_attention
+from ..utils.vit_checkpoint import load_vit_pretrained
+
+OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap')
+
+
+@MODELS.register_module()
+class PromptedViT(BaseModule):
+    """A prompt-tuned ViT on top of timm's ``VisionTransformer``.
+
+    The pretrained backbone is frozen (``frozen=True``) and ``prompt`` picks the method
+    (``dict(type='mmvpt.VPT' | 'mmvpt.E2VPT' | 'mmvpt.CVPT' | 'mmvpt.IVPT', ...)``);
+    ``prompt=None`` with ``frozen=True`` is linear probing, with ``frozen=False`` full
+    fine-tuning.
+
+    Args:
+        arch: any timm ViT name, e.g. ``'vit_base_patch16_224'``, ``'vit_large_patch16_384'``,
+            ``'vit_huge_patch14_224'``.
+        img_size: training input size; the position embedding is stored for this grid and
+            resized on the fly (``interpolate_mode``) for other input sizes.
+        prompt: the prompt method config, or None.
+        frozen: freeze every backbone weight.
+        out_type: ``'cls_token'`` (classification: CLS after the final norm),
+            ``'featmap'`` ((B, D, H/p, W/p) image-token maps, prompts stripped) or
+            ``'avg_featmap'`` (mean of the image tokens; prompts never pooled).
+        out_indices: blocks whose outputs are returned (negative counts from the end).
+        final_norm: apply the final norm to the last block's output.
+        interpolate_mode: position-embedding resize mode for other input sizes.
+        drop_rate / drop_path_rate: dropout after the position embedding / stochastic depth
+            of the (frozen) blocks.
+        arch_cfg: extra keyword arguments for ``timm.create_model`` (e.g.
+            ``dict(embed_dim=64, depth=2, num_heads=2)`` for a tiny test model).
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads timm ``.pth`` /
+            ``.safetensors``, Google ``.npz``, MAE and MoCo-v3 checkpoints.
+    """
+
+    def __init__(self, arch='vit_base_patch16_224', img_size=224, prompt=None, frozen=True,
+                 out_type='cls_token', out_indices=-1, final_norm=True,
+                 interpolate_mode='bicubic', drop_rate=0., drop_path_rate=0., arch_cfg=None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if out_type not in OUT_TYPES:
+            raise ValueError(f'PromptedViT out_type={out_type!r}: choose one of {OUT_TYPES}')
+        try:
+            vit = timm.create_model(
+                arch, pretrained=False, num_classes=0, img_size=img_size, drop_rate=drop_rate,
+                drop_path_rate=drop_path_rate, **(arch_cfg or {}))
+        except RuntimeError as err:  # timm's "Unknown model"
+            raise ValueError(f'PromptedViT arch={arch!r}: {err}') from None
+        self._check_supported(arch, vit)
+        vit.patch_embed.strict_img_size = False  # any input size; pos-embed is resized
+        self.vit = vit
+        self.arch = arch
+        self.img_size = img_size
+        self.frozen = frozen
+        self.out_type = out_type
+        self.final_norm = final_norm
+        self.interpolate_mode = interpolate_mode
+        self.num_layers = len(vit.blocks)
+        self.embed_dims = vit.embed_dim
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        self.out_indices = sorted(i % self.num_layers for i in indices)
+        if self.out_indices != sorted(set(self.out_indices)) or any(
+                not -self.num_layers <= i < self.num_layers for i in indices):
+            raise ValueError(f'PromptedViT out_indices={out_indices!r}: need distinct blocks '
+                             f'of {self.num_layers}')
+        if out_type == 'cls_token' and vit.cls_token is None:
+            raise ValueError(f'{arch} has no CLS token; use out_type="avg_featmap"')
+
+        if frozen:
+            self.vit.requires_grad_(False)
+        self.prompt = None
+        if prompt is not None:
+            attn = vit.blocks[0].attn
+            self.prompt = MODELS.build(prompt, default_args=dict(
+                num_layers=self.num_layers, embed_dim=self.embed_dims, num_heads=attn.num_heads,
+                patch_size=vit.patch_embed.patch_size[0], qkv_bias=attn.qkv.bias is not None))
+            if self.prompt.wants_cls_attention(0) and vit.cls_token is None:
+                raise ValueError(f'{type(self.prompt).__name__} attentive reinforcement needs a '
+                                 f'CLS token, which {arch} lacks; set num_ar_tokens=0')
+
+    @staticmethod
+    def _check_supported(arch, vit):
+        if not isinstance(vit, VisionTransformer):
+            raise ValueError(f'PromptedViT arch={arch!r} is a {type(vit).__name__}, '
+                             'not a timm VisionTransformer')
+        odd = {type(b).__name__ for b in vit.blocks if type(b) is not Block}
+        odd |= {type(b.attn).__name__ for b in vit.blocks if type(b.attn) is not Attention}
+        if odd:
+            raise ValueError(f'PromptedViT arch={arch!r} uses {sorted(odd)}; prompt methods '
+                             'plug into timm Block / Attention only')
+
+    # -- weights -------------------------------------------------------------------------
+    def init_weights(self):
+        """Loads ``init_cfg``'s pretrained checkpoint into the timm model (the prompts keep
+        their own init), then lets the method read the loaded blocks."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            load_vit_pretrained(self.vit, cfg['checkpoint'], interpolate_mode='bicubic')
+            print_log(f'PromptedViT: loaded {cfg["checkpoint"]}', logger='current')
+            self._is_init = True
+        elif cfg is not None:
+            super().init_weights()
+        if self.prompt is not None:
+            self.prompt.bind_backbone(self.vit.blocks)
+
+    # -- forward -------------------------------------------------------------------------
+    def embed(self, img):
+        """Patch + position embedding (resized for another grid), prefix tokens."""
+        vit = self.vit
+        B = img.shape[0]
+        patch = vit.patch_embed.patch_size
+        grid = (img.shape[-2] // patch[0], img.shape[-1] // patch[1])
+        x = vit.patch_embed(img)
+        pos_embed = vit.pos_embed
+        if pos_embed is not None and tuple(grid) != tuple(vit.patch_embed.grid_size):
+            pos_embed = resample_abs_pos_embed(
+                pos_embed, new_size=grid, old_size=vit.patch_embed.grid_size,
+                num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
+                interpolation=self.interpolate_mode, antialias=False)
+        prefix = [t.expand(B, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        if pos_embed is None:
+            x = torch.cat(prefix + [x], dim=1)
+        elif vit.no_embed_class:
+            x = torch.cat(prefix + [x + pos_embed], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos_embed
+        x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
+        return x, grid
+
+    def forward_block(self, index, x, ctx, num_prompts):
+        """One timm block, with the method's extension points."""
+        block, method = self.vit.blocks[index], self.prompt
+        if method is None:
+            return block(x)
+        kv = method.kv(ctx, index)
+        want_row = method.wants_cls_attention(index)
+        pos = method.insert
+        attn = block.attn
+
+        def ca(h):
+            return method.cross_attend(ctx, index, h, attn)
+
+        if pos == 1:
+            x = x + ca(x)
+        sa, row = self_attention(attn, block.norm1(x), kv, method.kv_first, want_row)
+        sa = block.drop_path1(block.ls1(sa))
+        x = x + sa + ca(x) if pos == 2 else x + sa
+        if pos == 3:
+            x = x + ca(x)
+        h = block.norm2(x)
+        if pos == 4:
+            h = h + ca(x)
+        x = x + block.drop_path2(block.ls2(block.mlp(h)))
+        if pos == 5:
+            x = x + ca(x)
+        if want_row:
+            image_start = self.vit.num_prefix_tokens + num_prompts
+            key_start = image_start + (kv[0].shape[-2] if kv is not None and method.kv_first else 0)
+            x = method.after_block(ctx, index, x, row[:, key_start:key_start + x.shape[1] - image_start],
+                                   image_start)
+        return x
+
+    def forward(self, img):
+        x, grid = self.embed(img)
+        B, num_prefix = x.shape[0], self.vit.num_prefix_tokens
+        method = self.prompt
+        ctx = method.start(B) if method is not None else None
+        num_prompts = 0
+        outs = []
+        for i in range(self.num_layers):
+            tokens = method.tokens(ctx, i) if method is not None else None
+            if tokens is not None:
+                x = torch.cat([x[:, :num_prefix], tokens.expand(B, -1, -1),
+                               x[:, num_prefix + num_prompts:]], dim=1)
+                num_prompts = tokens.shape[1]
+            x = self.forward_block(i, x, ctx, num_prompts)
+            if i == self.num_layers - 1 and self.final_norm:
+                x = self.vit.norm(x)
+            if i in self.out_indices:
+                outs.append(self._format(x, num_prefix + num_prompts, grid))
+        return tuple(outs)
+
+    def _format(self, x, image_start, grid):
+        if self.out_type == 'cls_token':
+            return x[:, 0]
+        image = x[:, image_start:]
+        if self.out_type == 'avg_featmap':
+            return image.mean(dim=1)
+        B, _, C = image.shape
+        return image.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2).contiguous()

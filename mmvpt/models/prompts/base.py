@@ -1,0 +1,111 @@
+"""The extension points a prompted backbone offers a prompt-tuning method.
+
+A backbone runs its pretrained blocks and, at four places per block, asks its method:
+
+=================  ==========================================  ==============================
+point              asked                                       used by
+=================  ==========================================  ==============================
+``tokens``         prompt tokens to place after the prefix     VPT, E²VPT (visual), iVPT
+                   tokens before block l (replacing the
+                   previous block's), or ``None`` to keep them
+``kv``             extra keys/values for block l's             E²VPT (key-value prompts)
+                   self-attention, in head space
+``cross_attend``   a residual term at position ``insert``      CVPT
+``after_block``    update of the tokens after block l, given   iVPT (attentive
+                   the CLS attention row over image tokens     reinforcement)
+=================  ==========================================  ==============================
+
+``start`` runs once per forward and returns what is the same for every block call of that
+forward (mixed prompts, for instance), so it is computed once, not per block or sample.
+"""
+import math
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DROPOUT_MODES = ('sample', 'batch')
+
+
+class PromptMethod(nn.Module):
+    """No-op defaults of every extension point; a method overrides what it uses.
+
+    Args:
+        num_layers: blocks of the backbone (L).
+        embed_dim: token width (D).
+        num_heads: attention heads (H).
+        patch_size: backbone patch size, for VPT's init bound.
+        qkv_bias: whether the backbone's qkv projection has a bias.
+    """
+    #: where a cross-attention branch joins the block (1..5), or None for no branch
+    insert = None
+    #: E²VPT key-value prompts go before (True) or after (False) the token keys
+    kv_first = True
+
+    def __init__(self, num_layers, embed_dim, num_heads, patch_size=16, qkv_bias=True):
+        super().__init__()
+        self.num_layers = num_layers
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.patch_size = patch_size if isinstance(patch_size, int) else patch_size[0]
+        self.qkv_bias = qkv_bias
+
+    def start(self, batch_size):
+        """Per-forward values shared by every block call, passed back to them as ``ctx``."""
+        return SimpleNamespace(batch_size=batch_size)
+
+    def tokens(self, ctx, layer):
+        return None
+
+    def kv(self, ctx, layer):
+        return None
+
+    def cross_attend(self, ctx, layer, x, attn):
+        raise NotImplementedError
+
+    def wants_cls_attention(self, layer):
+        return False
+
+    def after_block(self, ctx, layer, x, cls_attention, image_start):
+        return x
+
+    def bind_backbone(self, blocks):
+        """Called after the backbone's pretrained weights are in place."""
+
+    def extra_repr(self):
+        return f'num_layers={self.num_layers}, embed_dim={self.embed_dim}'
+
+
+def vpt_init_bound(patch_size, dim):
+    """VPT's uniform init bound sqrt(6 / (3 * patch^2 + D)): 0.0625 for ViT-B/16."""
+    return math.sqrt(6. / float(3 * patch_size * patch_size + dim))
+
+
+def check_dropout(dropout, dropout_mode):
+    if not 0 <= dropout < 1:
+        raise ValueError(f'prompt dropout={dropout!r}: must be in [0, 1)')
+    if dropout_mode not in DROPOUT_MODES:
+        raise ValueError(f'dropout_mode={dropout_mode!r}: choose one of {DROPOUT_MODES}')
+
+
+def drop_prompts(prompts, batch_size, p, mode, training):
+    """Dropout on (P, D) prompts, returning (1, P, D) when every sample sees the same
+    prompts (eval, no dropout, or ``mode='batch'``) and (B, P, D) for per-sample dropout
+    (``mode='sample'``, what the authors' code does)."""
+    if not training or p == 0:
+        return prompts.unsqueeze(0)
+    if mode == 'batch':
+        return F.dropout(prompts, p, True).unsqueeze(0)
+    return F.dropout(prompts.unsqueeze(0).expand(batch_size, -1, -1), p, True)
+
+
+def check_positive(name, value, allow_zero=False):
+    if not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f'{name}={value!r}: must be a {"non-negative" if allow_zero else "positive"} int')
+
+
+def uniform_prompts(shape, bound):
+    t = torch.empty(shape)
+    nn.init.uniform_(t, -bound, bound)
+    return nn.Parameter(t)

@@ -1,0 +1,96 @@
+"""CVPT (paper 001): the token stream cross-attends to per-block prompts; prompts never
+enter the self-attention, so its cost stays O(N^2) and the prompts add O(N * P)."""
+import torch
+import torch.nn as nn
+from timm.layers import Attention
+
+from mmvpt.registry import MODELS
+from ..utils.attention import cross_attention
+from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, uniform_prompts,
+                   vpt_init_bound)
+
+CA_INITS = ('shared', 'random')
+PROMPT_INITS = ('xavier', 'vpt')
+
+
+@MODELS.register_module()
+class CVPT(PromptMethod):
+    """Cross visual prompt tuning.
+
+    Per block, CA(x) = softmax(q(x) k(P)^T / sqrt(d)) v(P) W_o joins the block at ``insert``:
+
+    1. x += CA(x); x += SA(LN1 x); x += MLP(LN2 x)
+    2. x += SA(LN1 x) + CA(x); x += MLP(LN2 x)
+    3. x += SA(LN1 x); x += CA(x); x += MLP(LN2 x)   (default)
+    4. x += SA(LN1 x); x += MLP(LN2 x + CA(x))
+    5. x += SA(LN1 x); x += MLP(LN2 x); x += CA(x)
+
+    Args:
+        num_tokens: prompts per block (P).
+        insert: position 1..5 above.
+        dropout: dropout on the prompts (0.1).
+        dropout_mode: ``'sample'`` (authors: per-sample masks, so prompt keys/values are
+            computed per sample while training) or ``'batch'`` (one mask, computed once).
+        init: ``'xavier'`` (official: xavier_uniform over the whole (L, P, D) tensor) or
+            ``'vpt'``.
+        ca_init: ``'shared'``: the block's own self-attention weights; ``'random'``: a
+            freshly initialised attention.
+        ca_trainable: train the cross-attention. With ``ca_init='shared'`` and False
+            (default) the block's frozen tensors are used directly: no extra parameters.
+            Otherwise each block gets its own copy, filled from the self-attention after
+            the pretrained weights load (``bind_backbone``).
+    """
+    def __init__(self, num_tokens=10, insert=3, dropout=0.1, dropout_mode='sample',
+                 init='xavier', ca_init='shared', ca_trainable=False, **backbone):
+        super().__init__(**backbone)
+        check_positive('num_tokens', num_tokens)
+        check_dropout(dropout, dropout_mode)
+        if insert not in (1, 2, 3, 4, 5):
+            raise ValueError(f'CVPT insert={insert!r}: choose a position 1..5')
+        if init not in PROMPT_INITS:
+            raise ValueError(f'CVPT init={init!r}: choose one of {PROMPT_INITS}')
+        if ca_init not in CA_INITS:
+            raise ValueError(f'CVPT ca_init={ca_init!r}: choose one of {CA_INITS}')
+        self.num_tokens = num_tokens
+        self.insert = insert
+        self.dropout = dropout
+        self.dropout_mode = dropout_mode
+        self.ca_init = ca_init
+        self.ca_trainable = ca_trainable
+
+        L, D = self.num_layers, self.embed_dim
+        if init == 'xavier':
+            self.prompts = nn.Parameter(torch.empty(L, num_tokens, D))
+            nn.init.xavier_uniform_(self.prompts)  # bound sqrt(6 / (D * (P + L)))
+        else:
+            self.prompts = uniform_prompts((L, num_tokens, D), vpt_init_bound(self.patch_size, D))
+
+        self.cross_attn = None
+        if self.owns_cross_attention:
+            self.cross_attn = nn.ModuleList(
+                Attention(D, self.num_heads, qkv_bias=self.qkv_bias) for _ in range(L))
+            self.cross_attn.requires_grad_(ca_trainable)
+
+    @property
+    def owns_cross_attention(self):
+        return self.ca_init != 'shared' or self.ca_trainable
+
+    def bind_backbone(self, blocks):
+        """Copies each block's self-attention weights into its own cross-attention
+        (``ca_init='shared'`` with ``ca_trainable=True``); to be called once the
+        pretrained weights are loaded."""
+        if self.cross_attn is None or self.ca_init != 'shared':
+            return
+        with torch.no_grad():
+            for ca, block in zip(self.cross_attn, blocks):
+                ca.load_state_dict(block.attn.state_dict())
+
+    def cross_attend(self, ctx, layer, x, attn):
+        prompts = drop_prompts(self.prompts[layer], ctx.batch_size, self.dropout,
+                               self.dropout_mode, self.training)
+        ca = attn if self.cross_attn is None else self.cross_attn[layer]
+        return cross_attention(ca, x, prompts)
+
+    def extra_repr(self):
+        return (f'num_tokens={self.num_tokens}, insert={self.insert}, ca_init={self.ca_init!r}, '
+                f'ca_trainable={self.ca_trainable}')

@@ -1,0 +1,94 @@
+"""iVPT (paper 003): cross-layer dynamic connection (CDC) with dynamic aggregation (DA) of
+VPT-deep prompts, and attentive reinforcement (AR) of the most attended image tokens."""
+import torch
+import torch.nn as nn
+
+from mmvpt.registry import MODELS
+from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, uniform_prompts,
+                   vpt_init_bound)
+
+DA_INITS = ('identity', 'zeros')
+AR_INITS = ('vpt', 'zeros')
+
+
+@MODELS.register_module()
+class IVPT(PromptMethod):
+    """iVPT.
+
+    CDC + DA: P̂^0 = P^0 and P̂^l = P^l + Γ^{l-1} P^{l-1} (the previous block's raw
+    prompts), Γ^{l-1} a learnable N x N matrix; P̂^l enters block l as VPT-deep tokens.
+    AR: after block l < L-1, the k image tokens with the highest CLS attention (softmax
+    over all keys, mean over heads) get k learnable vectors added, in descending order.
+
+    Parameters, ViT-B with N = k = 10: CDC (L, N, D) 92,160; DA (L-1, N, N) 1,100;
+    AR (L-1, k, D) 84,480.
+
+    Args:
+        num_tokens: N, prompts per block.
+        num_ar_tokens: k, reinforced image tokens per block; 0 switches AR off (as for
+            segmentation, or a backbone without CLS token).
+        dynamic_aggregation: learn Γ (True) or fix it to the identity (plain CDC).
+        da_init: ``'identity'`` (training starts from plain CDC) or ``'zeros'``.
+        ar_init: AR vectors' init, ``'vpt'`` (VPT's uniform) or ``'zeros'``; the paper
+            names none.
+        dropout: dropout on the prompts entering each block (VPT-deep's 0.1).
+        dropout_mode: ``'sample'`` or ``'batch'``.
+    """
+
+    def __init__(self, num_tokens=10, num_ar_tokens=10, dynamic_aggregation=True,
+                 da_init='identity', ar_init='vpt', dropout=0.1, dropout_mode='sample',
+                 **backbone):
+        super().__init__(**backbone)
+        check_positive('num_tokens', num_tokens)
+        check_positive('num_ar_tokens', num_ar_tokens, allow_zero=True)
+        check_dropout(dropout, dropout_mode)
+        if da_init not in DA_INITS:
+            raise ValueError(f'IVPT da_init={da_init!r}: choose one of {DA_INITS}')
+        if ar_init not in AR_INITS:
+            raise ValueError(f'IVPT ar_init={ar_init!r}: choose one of {AR_INITS}')
+        self.num_tokens = num_tokens
+        self.num_ar_tokens = num_ar_tokens
+        self.dynamic_aggregation = dynamic_aggregation
+        self.dropout = dropout
+        self.dropout_mode = dropout_mode
+
+        L, N, D = self.num_layers, num_tokens, self.embed_dim
+        bound = vpt_init_bound(self.patch_size, D)
+        self.prompts = uniform_prompts((L, N, D), bound)
+        self.aggregation = None
+        if dynamic_aggregation and L > 1:
+            start = torch.eye(N) if da_init == 'identity' else torch.zeros(N, N)
+            self.aggregation = nn.Parameter(start.repeat(L - 1, 1, 1))
+        self.ar_prompts = None
+        if num_ar_tokens and L > 1:
+            self.ar_prompts = (uniform_prompts((L - 1, num_ar_tokens, D), bound)
+                               if ar_init == 'vpt' else nn.Parameter(torch.zeros(L - 1, num_ar_tokens, D)))
+
+    def start(self, batch_size):
+        ctx = super().start(batch_size)
+        # The mixing is the same for every sample: once per forward, all blocks at once.
+        previous = self.prompts[:-1]
+        if self.aggregation is not None:
+            previous = torch.matmul(self.aggregation, previous)
+        ctx.prompts = torch.cat([self.prompts[:1], self.prompts[1:] + previous], dim=0)
+        return ctx
+
+    def tokens(self, ctx, layer):
+        return drop_prompts(ctx.prompts[layer], ctx.batch_size, self.dropout, self.dropout_mode,
+                            self.training)
+
+    def wants_cls_attention(self, layer):
+        return self.ar_prompts is not None and layer < self.num_layers - 1
+
+    def after_block(self, ctx, layer, x, cls_attention, image_start):
+        """Adds AR vector j to the image token ranked j-th by CLS attention."""
+        B, _, D = x.shape
+        k = self.num_ar_tokens
+        top = cls_attention.topk(k, dim=-1).indices  # (B, k), descending
+        image = x[:, image_start:].scatter_add(
+            1, top.unsqueeze(-1).expand(B, k, D), self.ar_prompts[layer].unsqueeze(0).expand(B, k, D))
+        return torch.cat([x[:, :image_start], image], dim=1)
+
+    def extra_repr(self):
+        return (f'num_tokens={self.num_tokens}, num_ar_tokens={self.num_ar_tokens}, '
+                f'dynamic_aggregation={self.dynamic_aggregation}')

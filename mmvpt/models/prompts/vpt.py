@@ -1,0 +1,54 @@
+"""VPT (Jia et al., 2022): learnable tokens placed after CLS, shallow or deep."""
+import torch.nn as nn
+
+from mmvpt.registry import MODELS
+from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, uniform_prompts,
+                   vpt_init_bound)
+
+
+@MODELS.register_module()
+class VPT(PromptMethod):
+    """Visual prompt tuning.
+
+    Shallow: one set of ``num_tokens`` prompts joins the sequence before block 0 and passes
+    through every block. Deep: each block gets its own set, replacing the outputs of the
+    previous block's prompts.
+
+    Args:
+        num_tokens: prompts per set (P).
+        deep: one set per block (True) or one at the input (False).
+        dropout: dropout on the prompts; None picks the official demo's 0.1 for deep and
+            0 for shallow.
+        dropout_mode: ``'sample'`` (authors: each sample drops its own elements) or
+            ``'batch'`` (one mask for the batch, so the prompts stay batch-shared).
+        proj_dim: if set, prompts live in this width and a linear layer maps them to D
+            (VPT's optional projection; off by default).
+    """
+
+    def __init__(self, num_tokens=10, deep=True, dropout=None, dropout_mode='sample',
+                 proj_dim=None, **backbone):
+        super().__init__(**backbone)
+        check_positive('num_tokens', num_tokens)
+        self.num_tokens = num_tokens
+        self.deep = deep
+        self.dropout = (0.1 if deep else 0.) if dropout is None else dropout
+        check_dropout(self.dropout, dropout_mode)
+        self.dropout_mode = dropout_mode
+        width = proj_dim or self.embed_dim
+        bound = vpt_init_bound(self.patch_size, width)
+        self.prompts = uniform_prompts((self.num_layers if deep else 1, num_tokens, width), bound)
+        self.proj = None
+        if proj_dim:
+            self.proj = nn.Linear(proj_dim, self.embed_dim)
+            nn.init.kaiming_normal_(self.proj.weight, a=0, mode='fan_out')
+
+    def tokens(self, ctx, layer):
+        if layer > 0 and not self.deep:
+            return None
+        prompts = self.prompts[layer]
+        if self.proj is not None:
+            prompts = self.proj(prompts)
+        return drop_prompts(prompts, ctx.batch_size, self.dropout, self.dropout_mode, self.training)
+
+    def extra_repr(self):
+        return f'num_tokens={self.num_tokens}, deep={self.deep}, dropout={self.dropout}'

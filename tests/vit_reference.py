@@ -1,0 +1,62 @@
+"""Plain re-statements of the methods' equations, for tests: explicit attention matrices,
+explicit loops, no shared code with mmvpt's forward."""
+import math
+
+import torch
+
+
+def heads(t, num_heads):
+    B, N, C = t.shape
+    return t.reshape(B, N, num_heads, C // num_heads).transpose(1, 2)
+
+
+def merge(t):
+    B, H, N, d = t.shape
+    return t.transpose(1, 2).reshape(B, N, H * d)
+
+
+def attention(attn, x, kv=None, kv_first=True):
+    """Self-attention of ``x``; ``kv`` (keys, values) of shape (H, L, d) join in head space.
+    Returns the output and the (B, H, N, keys) attention matrix."""
+    H, C = attn.num_heads, x.shape[-1]
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(C, dim=-1)
+    q, k, v = heads(q, H), heads(k, H), heads(v, H)
+    if kv is not None:
+        pk, pv = (t.unsqueeze(0).expand(x.shape[0], -1, -1, -1) for t in kv)
+        k = torch.cat([pk, k] if kv_first else [k, pk], dim=2)
+        v = torch.cat([pv, v] if kv_first else [v, pv], dim=2)
+    a = (q @ k.transpose(-1, -2) / math.sqrt(C // H)).softmax(-1)
+    return merge(a @ v) @ attn.proj.weight.T + attn.proj.bias, a
+
+
+def cross_attention(attn, x, prompts):
+    """softmax(q(x) k(P)^T / sqrt(d)) v(P) W_o + b_o, prompts (P, C)."""
+    H, C = attn.num_heads, x.shape[-1]
+    wq, wk, wv = attn.qkv.weight.split(C)
+    bq, bk, bv = attn.qkv.bias.split(C)
+    q = heads(x @ wq.T + bq, H)
+    k = heads((prompts @ wk.T + bk).unsqueeze(0), H)
+    v = heads((prompts @ wv.T + bv).unsqueeze(0), H)
+    a = (q @ k.transpose(-1, -2) / math.sqrt(C // H)).softmax(-1)
+    return merge(a @ v) @ attn.proj.weight.T + attn.proj.bias
+
+
+def block(blk, x, kv=None, kv_first=True, ca=None, insert=None):
+    """A pre-norm block; ``ca(x)`` joins at CVPT position ``insert``. Returns (x, attention)."""
+    if insert == 1:
+        x = x + ca(x)
+    sa, a = attention(blk.attn, blk.norm1(x), kv, kv_first)
+    x = x + sa + (ca(x) if insert == 2 else 0)
+    if insert == 3:
+        x = x + ca(x)
+    h = blk.norm2(x) + (ca(x) if insert == 4 else 0)
+    x = x + blk.mlp(h)
+    if insert == 5:
+        x = x + ca(x)
+    return x, a
+
+
+def embed(vit, img):
+    x = vit.patch_embed(img)
+    x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+    return x + vit.pos_embed

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 1: builds the environment if it is missing, then runs the demo: a small
+# generated dataset, a small ViT, train + test on CPU in a few minutes.
+#   bash tools/demo.sh [demo.py args...]
+set -e
+cd "$(dirname "$0")/.."
+source tools/env.sh
+exec python tools/demo.py "$@"

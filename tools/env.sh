@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Creates (once) and activates the Python environment mmvpt is tested with.
+#
+#   source tools/env.sh      # from the repository root: build if missing, then activate
+#   bash tools/env.sh        # only build / check it
+#
+# The environment lives outside the repository (default ~/.cache/mmvpt/venv-<hash>), keyed by a
+# hash of requirements/*.txt, so clean clones reuse it and a change of pins builds a new one.
+# Override the location with MMVPT_ENV=/path. Nothing here needs a GPU.
+set -o pipefail
+
+_mmvpt_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_mmvpt_python="${MMVPT_PYTHON:-python3}"
+
+_mmvpt_hash() {
+    cat "$_mmvpt_root"/requirements/*.txt | { "$_mmvpt_python" -c 'import sys, hashlib; print(sys.version_info[:2], end="")'; cat; } \
+        | sha1sum | cut -c1-10
+}
+
+_mmvpt_build_env() {
+    local env="$1" req="$_mmvpt_root/requirements" log="$1.log"
+    echo "[mmvpt] building the environment in $env (about 15 minutes on 2 cores; log: $log)" >&2
+    rm -rf "$env"
+    mkdir -p "$(dirname "$env")"
+    (
+        set -e
+        "$_mmvpt_python" -m venv "$env"
+        local pip=("$env/bin/python" -m pip install --no-input --progress-bar off)
+        "${pip[@]}" --upgrade pip
+        "${pip[@]}" -r "$req/build.txt"
+        "${pip[@]}" -r "$req/torch.txt" -c "$req/build.txt"
+        # mmcv's ops compile against the torch just installed, so no build isolation; its
+        # wheel would be cached by pip without regard to the torch version, so never cache it.
+        MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" FORCE_CUDA=0 \
+            "${pip[@]}" --no-build-isolation --no-cache-dir -r "$req/mmcv.txt" -c "$req/build.txt" -c "$req/torch.txt"
+        "${pip[@]}" -r "$req/runtime.txt" -r "$req/tests.txt" -c "$req/build.txt" -c "$req/torch.txt" -c "$req/mmcv.txt"
+        # mmcv/mmengine pull opencv-python, which needs libGL; machines without a display lack it.
+        "$env/bin/python" -m pip uninstall -y opencv-python >/dev/null 2>&1 || true
+        "${pip[@]}" --force-reinstall --no-deps "opencv-python-headless>=4.10,<5"
+        "$env/bin/python" -c 'import torch, torchvision, mmcv.ops, mmengine, mmpretrain, mmseg, timm, cv2'
+        touch "$env/.complete"
+    ) >"$log" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "[mmvpt] environment build failed (exit $rc); the last lines of $log:" >&2
+        tail -n 30 "$log" >&2
+        return $rc
+    fi
+    echo "[mmvpt] environment ready: $env" >&2
+}
+
+mmvpt_ensure_env() {
+    local env="${MMVPT_ENV:-$HOME/.cache/mmvpt/venv-$(_mmvpt_hash)}"
+    if [ ! -f "$env/.complete" ]; then
+        # One builder at a time: a second caller waits for the first.
+        mkdir -p "$(dirname "$env")"
+        exec 9>"$env.lock"
+        flock 9
+        if [ ! -f "$env/.complete" ]; then
+            _mmvpt_build_env "$env" || { flock -u 9; return 1; }
+        fi
+        flock -u 9
+    fi
+    export MMVPT_ENV="$env"
+    export VIRTUAL_ENV="$env"
+    export PATH="$env/bin:$PATH"
+    # The checkout itself is the package: no install step to go stale between clones.
+    export PYTHONPATH="$_mmvpt_root${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    mmvpt_ensure_env && echo "$MMVPT_ENV"
+else
+    mmvpt_ensure_env
+fi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# README command 2: builds the environment if it is missing, then runs the whole test suite.
+#   bash tools/run_tests.sh [pytest args...]
+set -e
+cd "$(dirname "$0")/.."
+source tools/env.sh
+exec python -m pytest tests -n "${PYTEST_WORKERS:-2}" "$@"
