@@ -35,3 +35,25 @@ def test_two_process_training_ends_with_identical_weights(tiny_vtab, tmp_path, m
                                    rtol=0, atol=0)
     # Training changed the weights: the check above is not two untouched copies.
     assert not torch.equal(after[0]['params']['head.fc.weight'], before['params']['head.fc.weight'])
+
+
+def test_two_process_pruning_prunes_the_same_tokens_on_every_rank(tiny_vtab, tmp_path, monkeypatch):
+    config = tmp_path / 'prune_config.py'
+    config.write_text(
+        f"_base_ = [{DEMO_CONFIG!r}]\n"
+        "model = dict(backbone=dict(frozen=True, prompt=dict(type='mmvpt.E2VPT', num_tokens=6, "
+        "num_kv_tokens=1, num_segments=4)))\n"
+        "custom_imports = dict(imports=['mmvpt', 'tests.helpers.dump_params_hook'])\n"
+        "custom_hooks = [dict(type='DumpParamsHook'), dict(type='mmvpt.PromptPruningHook', "
+        "prune_after=1, token_fraction=0.5, segment_fraction=0.25)]\n"
+        "train_cfg = dict(max_epochs=2)\n")
+    monkeypatch.setenv('PORT', str(free_port()))
+    run_tool('dist_train.sh', str(config), '2', '--work-dir', str(tmp_path), '--no-validate',
+             '--cfg-options', *data_options(tiny_vtab))
+    ranks = [torch.load(osp.join(str(tmp_path), f'params_after_rank{r}.pth')) for r in (0, 1)]
+    for name in ('backbone.prompt.token_mask', 'backbone.prompt.segment_mask'):
+        masks = [r['buffers'][name] for r in ranks]
+        assert torch.equal(masks[0], masks[1])
+        assert 0 < masks[0].sum() < masks[0].numel()  # something pruned, something kept
+    assert ranks[0]['buffers']['backbone.prompt.token_mask'].sum(1).tolist() == [3.] * 4
+    assert osp.isfile(osp.join(str(tmp_path), 'prompt_pruning.json'))

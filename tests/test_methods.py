@@ -123,9 +123,11 @@ def test_e2vpt_zero_length_prompts_equal_plain_model(images):
     check(model, expected, images)
 
 
+# 5 prompts x 4 heads < width 32 takes the folded cross-attention, 12 x 4 the plain one.
+@pytest.mark.parametrize('num_tokens', [5, 12])
 @pytest.mark.parametrize('insert', [1, 2, 3, 4, 5])
-def test_cvpt_every_insert_position(images, insert):
-    model = build(dict(type='mmvpt.CVPT', num_tokens=5, insert=insert))
+def test_cvpt_every_insert_position(images, insert, num_tokens):
+    model = build(dict(type='mmvpt.CVPT', num_tokens=num_tokens, insert=insert))
     P = model.prompt.prompts
     x = ref.embed(model.vit, images)
     for i, blk in enumerate(model.vit.blocks):

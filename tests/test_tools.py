@@ -133,5 +133,16 @@ def test_non_openmmlab_scope_is_refused(tmp_path):
         prepare_config(str(path))
 
 
-def test_checkpoint_glob_helper_is_sorted(trained):
-    assert sorted(glob.glob(osp.join(trained, 'epoch_*.pth')))
+def test_train_logs_the_parameter_report(trained):
+    logs = glob.glob(osp.join(trained, '*', '*.log'))
+    text = ''.join(open(path).read() for path in logs)
+    # The demo config trains everything (frozen=False): tuned == total.
+    assert 'tuned parameters: 213,828 of 213,828 (100.0000%)' in text
+
+
+def test_demo_prompt_tunes_far_above_chance(tmp_path):
+    proc = run_tool('demo.py', '--work-dir', str(tmp_path))
+    line = next(l for l in proc.stdout.splitlines() if 'CVPT test top-1 accuracy' in l)
+    accuracy = float(line.split('accuracy: ')[1].split('%')[0])
+    assert accuracy >= 75.0, line  # chance is 25%
+    assert 'tuned parameters: 2,308 of 215,876' in proc.stdout

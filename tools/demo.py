@@ -1,12 +1,16 @@
-"""The demo: generate a small task in the VTAB-1k format, train, test, print the result.
+"""The demo: pretrain a tiny ViT, then prompt-tune it with CVPT on a related task, on CPU.
 
-    python tools/demo.py [--config CONFIG] [--work-dir DIR]
+    python tools/demo.py [--work-dir DIR]
 
-No downloads: the data is generated, the backbone is small and trains on CPU in minutes.
+No downloads: both tasks are generated in the VTAB-1k format (the class is the position of
+a bright square on a ring: 8 positions in the first task, 4 in-between ones in the second).
+Stage 1 trains the tiny ViT fully on the first task; its checkpoint is the frozen backbone of
+stage 2, where only CVPT's prompts and the head train. Then the test split is evaluated.
 """
 import argparse
 import glob
 import importlib.util
+import math
 import os.path as osp
 import sys
 
@@ -15,9 +19,13 @@ sys.path.insert(0, ROOT)
 
 from mmvpt.testing import make_vtab_task  # noqa: E402
 
+PRETRAIN_CONFIG = osp.join(ROOT, 'configs/demo/vit-tiny_synthetic.py')
+TUNE_CONFIG = osp.join(ROOT, 'configs/demo/cvpt_vit-tiny_synthetic.py')
+
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'mmvpt_tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    spec = importlib.util.spec_from_file_location(f'mmvpt_tools_{name}',
+                                                  osp.join(ROOT, 'tools', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,30 +34,57 @@ def _load_tool(name):
 train_tool, test_tool = _load_tool('train'), _load_tool('test')
 
 
+def data_options(task_dir):
+    return [f'{split}_dataloader.dataset.data_root={task_dir}' for split in ('train', 'val', 'test')]
+
+
+def latest_checkpoint(work_dir):
+    checkpoints = sorted(glob.glob(osp.join(work_dir, 'epoch_*.pth')), key=osp.getmtime)
+    if not checkpoints:
+        raise RuntimeError(f'training wrote no checkpoint in {work_dir}')
+    return checkpoints[-1]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--config', default=osp.join(ROOT, 'configs/demo/vit-tiny_synthetic.py'))
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs/demo'))
     args = parser.parse_args()
-
     data_root = osp.join(args.work_dir, 'data')
-    task_dir = osp.join(data_root, 'synthetic')
-    if not osp.isfile(osp.join(task_dir, 'test.txt')):
-        print(f'[demo] generating a 4-class task in the VTAB-1k format under {task_dir}')
-        make_vtab_task(data_root, 'synthetic', num_classes=4)
-    options = [f'data_root={task_dir}'] + [
-        f'{split}_dataloader.dataset.data_root={task_dir}' for split in ('train', 'val', 'test')]
-    train_dir = osp.join(args.work_dir, 'train')
-    train_tool.main([args.config, '--work-dir', train_dir, '--cfg-options', *options])
+    tasks = {}
+    for task, num_classes, offset in (('ring8', 8, 0.), ('ring4', 4, math.pi / 4)):
+        tasks[task] = osp.join(data_root, task)
+        if not osp.isfile(osp.join(tasks[task], 'test.txt')):
+            print(f'[demo] generating task {task!r} in the VTAB-1k format under {tasks[task]}')
+            make_vtab_task(data_root, task, num_classes=num_classes, angle_offset=offset)
 
-    checkpoints = sorted(glob.glob(osp.join(train_dir, 'epoch_*.pth')), key=osp.getmtime)
-    if not checkpoints:
-        raise RuntimeError(f'training wrote no checkpoint in {train_dir}')
-    metrics = test_tool.main([args.config, checkpoints[-1], '--work-dir',
-                              osp.join(args.work_dir, 'test'), '--cfg-options', *options])
-    accuracy = metrics['accuracy/top1']
-    print(f'\n[demo] test top-1 accuracy: {accuracy:.2f}% (chance 25.00%), '
-          f'checkpoint {checkpoints[-1]}')
+    print('[demo] stage 1: train the tiny ViT fully on task "ring8" (the "pretrained" backbone)')
+    pretrain_dir = osp.join(args.work_dir, 'pretrain')
+    train_tool.main([PRETRAIN_CONFIG, '--work-dir', pretrain_dir, '--cfg-options',
+                     *data_options(tasks['ring8']), 'model.head.num_classes=8',
+                     'data_preprocessor.num_classes=8', 'train_cfg.max_epochs=16',
+                     'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4'])
+    backbone = latest_checkpoint(pretrain_dir)
+
+    print('[demo] stage 2: CVPT on the frozen backbone, task "ring4"')
+    tune_dir = osp.join(args.work_dir, 'cvpt')
+    options = data_options(tasks['ring4']) + [
+        f'model.backbone.init_cfg.checkpoint={backbone}']
+    train_tool.main([TUNE_CONFIG, '--work-dir', tune_dir, '--cfg-options', *options])
+    checkpoint = latest_checkpoint(tune_dir)
+    metrics = test_tool.main([TUNE_CONFIG, checkpoint, '--work-dir', osp.join(args.work_dir, 'test'),
+                              '--cfg-options', *options])
+
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+
+    import mmvpt  # noqa: F401
+    from mmvpt.utils import format_parameter_report, parameter_report
+    cfg = Config.fromfile(TUNE_CONFIG)
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(dict(cfg.model, _scope_='mmpretrain'))
+    print(f'\n[demo] CVPT test top-1 accuracy: {metrics["accuracy/top1"]:.2f}% (chance 25.00%)')
+    print(f'[demo] {format_parameter_report(parameter_report(model))}')
+    print(f'[demo] checkpoint: {checkpoint}')
 
 
 if __name__ == '__main__':

@@ -54,6 +54,9 @@ def main(argv=None):
             raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, not {wrapper.type!r}')
         wrapper.type = 'AmpOptimWrapper'
         wrapper.setdefault('loss_scale', 'dynamic')
+    hooks = cfg.get('custom_hooks') or []
+    if not any(str(h.get('type', '')).endswith('ParameterReportHook') for h in hooks):
+        cfg.custom_hooks = list(hooks) + [dict(type='mmvpt.ParameterReportHook')]
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
 

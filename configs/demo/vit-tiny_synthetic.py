@@ -1,6 +1,7 @@
-# The demo (README command 1): a 4-class task generated in the VTAB-1k format by
-# tools/demo.py, a tiny ViT trained on CPU. Runs with tools/train.py / tools/test.py like any
-# other config.
+# The demo's first stage (README command 1): a tiny ViT, fully trained (frozen=False, no
+# prompts) on a 4-class task that tools/demo.py generates in the VTAB-1k format. Its
+# checkpoint is the "pretrained" backbone of the prompt-tuning stage
+# (cvpt_vit-tiny_synthetic.py). Runs with tools/train.py / tools/test.py like any config.
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 default_scope = 'mmpretrain'
@@ -13,10 +14,12 @@ img_size = 32
 model = dict(
     type='ImageClassifier',
     backbone=dict(
-        type='VisionTransformer',
-        arch=dict(embed_dims=64, num_layers=4, num_heads=4, feedforward_channels=128),
+        type='mmvpt.PromptedViT',
+        arch='vit_base_patch16_224',
+        # timm's default init (std 0.02) trains slowly at this width; 'jax' is xavier.
+        arch_cfg=dict(patch_size=8, embed_dim=64, depth=4, num_heads=4, weight_init='jax'),
         img_size=img_size,
-        patch_size=8),
+        frozen=False),
     neck=None,
     head=dict(
         type='LinearClsHead',

@@ -1,4 +1,2 @@
 """Training hooks."""
-from .hooks import ParameterReportHook
-
-__all__ = ['ParameterReportHook']
+from .hooks import *  # noqa: F401,F403

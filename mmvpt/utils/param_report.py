@@ -9,7 +9,9 @@ def parameter_report(model, head_modules=HEAD_MODULES):
     """Returns ``dict(total, tuned, tuned_percent, tuned_without_head)``.
 
     ``total`` counts every parameter, ``tuned`` those with ``requires_grad``, and
-    ``tuned_without_head`` leaves out the task head (top-level ``head_modules``).
+    ``tuned_without_head`` leaves out the task head (top-level ``head_modules``). Prompt
+    elements that pruning took away (modules with ``num_pruned_parameters()``, E²VPT) are
+    counted in neither.
     """
     if is_model_wrapper(model):
         model = model.module
@@ -20,6 +22,9 @@ def parameter_report(model, head_modules=HEAD_MODULES):
             tuned += param.numel()
             if name.split('.', 1)[0] in head_modules:
                 head += param.numel()
+    pruned = sum(m.num_pruned_parameters() for m in model.modules()
+                 if hasattr(m, 'num_pruned_parameters'))
+    total, tuned = total - pruned, tuned - pruned
     return dict(total=total, tuned=tuned, tuned_percent=100. * tuned / max(total, 1),
                 tuned_without_head=tuned - head)
 

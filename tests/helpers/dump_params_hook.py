@@ -15,7 +15,8 @@ class DumpParamsHook(Hook):
     def _dump(self, runner, stage):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         params = {name: p.detach().cpu().clone() for name, p in model.named_parameters()}
-        torch.save(dict(params=params, world_size=get_world_size()),
+        buffers = {name: b.detach().cpu().clone() for name, b in model.named_buffers()}
+        torch.save(dict(params=params, buffers=buffers, world_size=get_world_size()),
                    osp.join(runner.work_dir, f'params_{stage}_rank{get_rank()}.pth'))
 
     def before_train(self, runner):

@@ -110,6 +110,11 @@ class PromptedViT(BaseModule):
             self._is_init = True
         elif cfg is not None:
             super().init_weights()
+        self.bind_prompt()
+
+    def bind_prompt(self):
+        """Lets the method read the backbone's current weights (CVPT's own cross-attention
+        copies start from the self-attention)."""
         if self.prompt is not None:
             self.prompt.bind_backbone(self.vit.blocks)
 

@@ -4,8 +4,7 @@ import torch
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
-from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, uniform_prompts,
-                   vpt_init_bound)
+from .base import PromptMethod, check_dropout, check_positive, drop_prompts, vpt_init_bound
 
 PRUNE_MODES = ('remove', 'mask')
 SEGMENT_LAYOUTS = ('contiguous', 'interleaved')
@@ -63,24 +62,39 @@ class E2VPT(PromptMethod):
         self.prune_mode = prune_mode
 
         L, D = self.num_layers, self.embed_dim
-        self.prompts = None
-        if num_tokens:
-            self.prompts = uniform_prompts((L, num_tokens, D), vpt_init_bound(self.patch_size, D))
+        head_dim = self.embed_dim // self.num_heads
+        self.prompts = nn.Parameter(torch.empty(L, num_tokens, D)) if num_tokens else None
         self.register_buffer('token_mask', torch.ones(L, num_tokens))
         self.register_buffer('segment_mask', torch.ones(L, num_tokens, num_segments))
         self.kv_prompts = self.v_prompts = None
         if num_kv_tokens:
-            self.kv_prompts = self._kv_parameter()
+            self.kv_prompts = nn.Parameter(torch.empty(L, self.num_heads, num_kv_tokens, head_dim))
             if not share_kv:
-                self.v_prompts = self._kv_parameter()
+                self.v_prompts = nn.Parameter(torch.empty_like(self.kv_prompts))
+        self.reset_parameters()
         self._kept_cache = (None, None)
 
-    def _kv_parameter(self):
-        head_dim = self.embed_dim // self.num_heads
-        t = torch.empty(self.num_layers, self.num_heads, self.num_kv_tokens, head_dim)
-        for block_prompts in t:  # He uniform per block, fan_in = L_kv * d
-            nn.init.kaiming_uniform_(block_prompts)
-        return nn.Parameter(t)
+    def reset_parameters(self):
+        """Fresh random prompts (VPT's uniform for visual, He uniform with
+        fan_in = L_kv * d for key-value prompts); masks are left as they are."""
+        with torch.no_grad():
+            if self.prompts is not None:
+                bound = vpt_init_bound(self.patch_size, self.embed_dim)
+                self.prompts.uniform_(-bound, bound)
+            for kv in (self.kv_prompts, self.v_prompts):
+                for block_prompts in ([] if kv is None else kv):
+                    nn.init.kaiming_uniform_(block_prompts)
+
+    @property
+    def prunable(self):
+        return self.prompts is not None
+
+    def num_pruned_parameters(self):
+        """Prompt elements that pruning took away (tokens, then segments of kept tokens)."""
+        if self.prompts is None:
+            return 0
+        dims = self.expand_segments(self.segment_mask) * self.token_mask.unsqueeze(-1)
+        return int(dims.numel() - dims.sum().item())
 
     # -- pruning state -------------------------------------------------------------------
     def expand_segments(self, segment_mask):

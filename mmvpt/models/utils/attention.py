@@ -4,6 +4,7 @@ Both functions reuse the module's own projections (no copies of weights) and run
 attention itself through ``F.scaled_dot_product_attention``.
 """
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -52,6 +53,9 @@ def cross_attention(attn, x, prompts):
     softmax(q(x) k(p)^T / sqrt(d)) v(p), then the output projection. With a batch-shared
     ``prompts`` of shape (1, P, C) the prompt keys/values are computed once for the batch.
 
+    When P x heads < C, the query and output projections are folded into the prompt side
+    (see :func:`_folded_cross_attention`), which makes a few prompts nearly free.
+
     Args:
         attn: a timm ``Attention`` module: the block's own (weight sharing) or a copy.
         x: (B, N, C) tokens (CVPT applies no norm to them).
@@ -60,11 +64,46 @@ def cross_attention(attn, x, prompts):
     B, N, C = x.shape
     heads, head_dim, width = attn.num_heads, attn.head_dim, attn.attn_dim
     weight, bias = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(x, weight[:width], None if bias is None else bias[:width])
-    q = attn.q_norm(q.view(B, N, heads, head_dim).transpose(1, 2))
     kv = F.linear(prompts, weight[width:], None if bias is None else bias[width:])
     k, v = kv.view(prompts.shape[0], -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     k = attn.k_norm(k)
+    foldable = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.norm, nn.Identity)
+    if foldable and prompts.shape[1] * heads < C:
+        return _folded_cross_attention(attn, x, k, v)
+    q = F.linear(x, weight[:width], None if bias is None else bias[:width])
+    q = attn.q_norm(q.view(B, N, heads, head_dim).transpose(1, 2))
     out = F.scaled_dot_product_attention(q, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
     out = out.transpose(1, 2).reshape(B, N, width)
     return attn.proj(attn.norm(out))
+
+
+def _folded_cross_attention(attn, x, k, v):
+    """Cross-attention with W_q and W_o moved to the prompt side.
+
+    Per head h, q_h k_h^T = x (k_h W_q,h)^T + b_q,h k_h^T and
+    sum_h a_h v_h W_o,h = a (v W_o) with v_h W_o,h a (P, C) matrix per head. Both prompt-side
+    products are formed once per batch (b = 1 for batch-shared prompts), and per sample the
+    cost drops from 2NC^2 + 2NPC to 2NPHC multiply-adds: cheaper whenever P x H < C.
+
+    Args:
+        attn: timm ``Attention`` (no q/scale norm).
+        x: (B, N, C) tokens.
+        k, v: (b, H, P, d) prompt keys and values, b = 1 or B.
+    """
+    B, N, C = x.shape
+    b, heads, P, head_dim = k.shape
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    w_q = weight[:attn.attn_dim].view(heads, head_dim, C)
+    keys_in = torch.einsum('bhpd,hdc->bhpc', k, w_q) * attn.scale  # (b, H, P, C)
+    scores = torch.matmul(x.unsqueeze(1), keys_in.transpose(-1, -2))  # (B, H, N, P)
+    if bias is not None:
+        b_q = bias[:attn.attn_dim].view(heads, 1, head_dim)
+        scores = scores + (b_q * attn.scale * k).sum(-1).unsqueeze(2)  # (b, H, 1, P)
+    probs = scores.softmax(dim=-1)
+    w_o = attn.proj.weight.view(C, heads, head_dim)
+    values_out = torch.einsum('bhpd,chd->bhpc', v, w_o)  # (b, H, P, C)
+    out = torch.matmul(probs.transpose(1, 2).reshape(B, N, heads * P),
+                       values_out.reshape(b, heads * P, C))
+    if attn.proj.bias is not None:
+        out = out + attn.proj.bias
+    return out

@@ -74,7 +74,8 @@ def _read_state_dict(path):
 def _unwrap(checkpoint):
     """The backbone's state dict in timm names, out of the usual wrappings:
     ``{'state_dict': ...}``, ``{'model': ...}`` (MAE, DeiT), DDP's ``module.``, MoCo-v3's
-    ``base_encoder.``, OpenMMLab's ``backbone.`` and mmseg / mmpretrain key names."""
+    ``base_encoder.``, OpenMMLab's ``backbone.``, mmvpt's ``vit.`` (a full fine-tuning
+    checkpoint) and mmseg / mmpretrain key names."""
     for key in ('state_dict', 'model', 'module'):
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
@@ -83,6 +84,8 @@ def _unwrap(checkpoint):
         state = {k[len('base_encoder.'):]: v for k, v in state.items() if k.startswith('base_encoder.')}
     if any(k.startswith('backbone.') for k in state):
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    if any(k.startswith('vit.') for k in state):  # mmvpt's own PromptedViT
+        state = {k[len('vit.'):]: v for k, v in state.items() if k.startswith('vit.')}
     if 'patch_embed.projection.weight' in state:  # mmseg / mmpretrain naming
         state = openmmlab_vit_to_timm(state)
     return {k: v for k, v in state.items() if not _IGNORED.match(k)}
