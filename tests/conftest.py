@@ -4,6 +4,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+# Tiny models on 2 cores: one thread per test process avoids oversubscription with
+# pytest-xdist's two workers.
+torch.set_num_threads(1)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(ROOT, 'configs/demo/vit-tiny_synthetic.py')

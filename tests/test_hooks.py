@@ -12,8 +12,7 @@ from mmengine.runner import Runner
 from mmvpt.apis import prepare_config
 from mmvpt.engine.hooks import (CrossAttentionInitHook, PromptPruningHook, TunedCheckpointHook,
                                 tuned_state_keys)
-from mmvpt.models.utils import CheckpointMismatchError
-from mmvpt.utils import load_local_checkpoint, register_checkpoint_loader
+from mmvpt.utils import load_local_checkpoint
 
 from .conftest import DEMO_CONFIG, data_options, run_tool
 
@@ -41,7 +40,6 @@ PRUNING = ("dict(type='mmvpt.PromptPruningHook', prune_after=2, token_fraction=0
 
 
 def make_runner(config, work_dir, data_root, **options):
-    register_checkpoint_loader()
     cfg = prepare_config(config, dict(zip([o.split('=')[0] for o in data_options(data_root)],
                                           [data_root] * 3), **options), str(work_dir))
     cfg.experiment_name = uuid.uuid4().hex  # own logger and message hub per runner
@@ -163,6 +161,11 @@ def test_full_checkpoints_stay_available_by_option():
     assert full['meta']['mmvpt']['tuned_only'] is False
 
 
+def pretrained(checkpoint):
+    """Config line that sets the backbone's init_cfg."""
+    return f"model['backbone']['init_cfg'] = dict(type='Pretrained', checkpoint={checkpoint!r})\n"
+
+
 @pytest.fixture(scope='module')
 def cvpt_run(tiny_vtab, tmp_path_factory):
     """A full fine-tuning run as the 'pretrained' backbone, then CVPT with tuned-only
@@ -173,14 +176,13 @@ def cvpt_run(tiny_vtab, tmp_path_factory):
     backbone = str(tmp / 'pre' / 'epoch_1.pth')
     config = write_config(tmp, "dict(type='mmvpt.CVPT', num_tokens=4, ca_trainable=True)",
                           "dict(type='mmvpt.TunedCheckpointHook')",
-                          f"model['backbone']['init_cfg'] = dict(type='Pretrained', checkpoint={backbone!r})\n"
-                          "train_cfg = dict(max_epochs=2, val_interval=100)\n")
+                          pretrained(backbone) + "train_cfg = dict(max_epochs=2, val_interval=100)\n")
     runner = make_runner(config, tmp / 'work', tiny_vtab)
     runner.train()
     return config, runner, backbone
 
 
-def test_test_tool_runs_from_pretrained_backbone_plus_tuned_checkpoint(cvpt_run, tiny_vtab, tmp_path):
+def test_test_tool_runs_from_backbone_plus_tuned_checkpoint(cvpt_run, tiny_vtab, tmp_path):
     config, runner, _ = cvpt_run
     in_memory = runner.test()['accuracy/top1']
     ckpt = osp.join(runner.work_dir, 'epoch_2.pth')
@@ -192,27 +194,31 @@ def test_test_tool_runs_from_pretrained_backbone_plus_tuned_checkpoint(cvpt_run,
     assert f'accuracy/top1: {in_memory:.4f}' in proc.stdout
 
 
+def checkpoint_files(work_dir):
+    """name -> (size, mtime) of the checkpoints in ``work_dir``."""
+    return {f: (os.path.getsize(osp.join(work_dir, f)), os.path.getmtime(osp.join(work_dir, f)))
+            for f in os.listdir(work_dir) if f.endswith('.pth')}
+
+
 def test_mismatched_tuned_checkpoint_fails_and_keeps_earlier_checkpoints(cvpt_run, tiny_vtab, tmp_path):
     config, runner, backbone = cvpt_run
     ckpt = osp.join(runner.work_dir, 'epoch_2.pth')
-    before = {f: (os.path.getsize(osp.join(runner.work_dir, f)), os.path.getmtime(osp.join(runner.work_dir, f)))
-              for f in os.listdir(runner.work_dir) if f.endswith('.pth')}
-    more_prompts = write_config(tmp_path, "dict(type='mmvpt.CVPT', num_tokens=6, ca_trainable=True)",
-                                "dict(type='mmvpt.TunedCheckpointHook')",
-                                f"model['backbone']['init_cfg'] = dict(type='Pretrained', checkpoint={backbone!r})\n")
+    before = checkpoint_files(runner.work_dir)
+    more_prompts = write_config(
+        tmp_path, "dict(type='mmvpt.CVPT', num_tokens=6, ca_trainable=True)",
+        "dict(type='mmvpt.TunedCheckpointHook')",
+        pretrained(backbone))
     proc = run_tool('train.py', more_prompts, '--work-dir', runner.work_dir, '--resume', ckpt,
                     '--cfg-options', *data_options(tiny_vtab), check=False)
     assert proc.returncode != 0
     assert 'backbone.prompt.prompts: checkpoint (4, 4, 64) vs model (4, 6, 64)' in proc.stderr
     other_method = write_config(tmp_path, "dict(type='mmvpt.VPT', num_tokens=4)",
                                 "dict(type='mmvpt.TunedCheckpointHook')")
-    proc = run_tool('test.py', other_method, ckpt, '--cfg-options', *data_options(tiny_vtab),
-                    check=False)
+    proc = run_tool('test.py', other_method, ckpt, '--work-dir', str(tmp_path / 'test'),
+                    '--cfg-options', *data_options(tiny_vtab), check=False)
     assert proc.returncode != 0
     assert "tuned with prompt methods {'backbone.prompt': 'CVPT'}" in proc.stderr
-    after = {f: (os.path.getsize(osp.join(runner.work_dir, f)), os.path.getmtime(osp.join(runner.work_dir, f)))
-             for f in os.listdir(runner.work_dir) if f.endswith('.pth')}
-    assert after == before
+    assert checkpoint_files(runner.work_dir) == before
 
 
 def test_cross_attention_init_hook_copies_late_backbone_weights_only_once():
@@ -232,7 +238,8 @@ def test_cross_attention_init_hook_copies_late_backbone_weights_only_once():
     for ca, block in zip(model.prompt.cross_attn, model.vit.blocks):
         torch.testing.assert_close(ca.qkv.weight, block.attn.qkv.weight, rtol=0, atol=0)
     # A checkpoint that brings trained cross-attention weights keeps them.
-    trained = {k: torch.randn_like(v) for k, v in model.state_dict().items() if '.cross_attn.' in k}
+    trained = {k: torch.randn_like(v) for k, v in model.state_dict().items()
+               if '.cross_attn.' in k}
     hook = CrossAttentionInitHook()
     hook.after_load_checkpoint(runner, dict(state_dict=trained))
     model.load_state_dict(trained, strict=False)

@@ -142,7 +142,7 @@ def test_train_logs_the_parameter_report(trained):
 
 def test_demo_prompt_tunes_far_above_chance(tmp_path):
     proc = run_tool('demo.py', '--work-dir', str(tmp_path))
-    line = next(l for l in proc.stdout.splitlines() if 'CVPT test top-1 accuracy' in l)
+    line = next(t for t in proc.stdout.splitlines() if 'CVPT test top-1 accuracy' in t)
     accuracy = float(line.split('accuracy: ')[1].split('%')[0])
     assert accuracy >= 75.0, line  # chance is 25%
     assert 'tuned parameters: 2,308 of 215,876' in proc.stdout

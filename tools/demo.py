@@ -5,7 +5,8 @@
 No downloads: both tasks are generated in the VTAB-1k format (the class is the position of
 a bright square on a ring: 8 positions in the first task, 4 in-between ones in the second).
 Stage 1 trains the tiny ViT fully on the first task; its checkpoint is the frozen backbone of
-stage 2, where only CVPT's prompts and the head train. Then the test split is evaluated.
+stage 2, where only CVPT's prompts and the head train, and of stage 3, E2VPT with token and
+segment pruning and rewinding in one run. Each is tested on the test split.
 """
 import argparse
 import glob
@@ -21,6 +22,7 @@ from mmvpt.testing import make_vtab_task  # noqa: E402
 
 PRETRAIN_CONFIG = osp.join(ROOT, 'configs/demo/vit-tiny_synthetic.py')
 TUNE_CONFIG = osp.join(ROOT, 'configs/demo/cvpt_vit-tiny_synthetic.py')
+PRUNE_CONFIG = osp.join(ROOT, 'configs/demo/e2vpt_vit-tiny_synthetic.py')
 
 
 def _load_tool(name):
@@ -65,26 +67,36 @@ def main():
                      'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4'])
     backbone = latest_checkpoint(pretrain_dir)
 
-    print('[demo] stage 2: CVPT on the frozen backbone, task "ring4"')
-    tune_dir = osp.join(args.work_dir, 'cvpt')
-    options = data_options(tasks['ring4']) + [
-        f'model.backbone.init_cfg.checkpoint={backbone}']
-    train_tool.main([TUNE_CONFIG, '--work-dir', tune_dir, '--cfg-options', *options])
-    checkpoint = latest_checkpoint(tune_dir)
-    metrics = test_tool.main([TUNE_CONFIG, checkpoint, '--work-dir', osp.join(args.work_dir, 'test'),
-                              '--cfg-options', *options])
+    options = data_options(tasks['ring4']) + [f'model.backbone.init_cfg.checkpoint={backbone}']
+    results = {}
+    for stage, name, config in ((2, 'cvpt', TUNE_CONFIG), (3, 'e2vpt', PRUNE_CONFIG)):
+        print(f'[demo] stage {stage}: {name} on the frozen backbone, task "ring4"')
+        work_dir = osp.join(args.work_dir, name)
+        train_tool.main([config, '--work-dir', work_dir, '--cfg-options', *options])
+        checkpoint = latest_checkpoint(work_dir)
+        metrics = test_tool.main([config, checkpoint, '--work-dir', osp.join(work_dir, 'test'),
+                                  '--cfg-options', *options])
+        results[name] = (metrics['accuracy/top1'], last_parameter_report(work_dir), checkpoint)
 
-    from mmengine.config import Config
-    from mmengine.registry import MODELS
+    cvpt_accuracy, cvpt_report, cvpt_checkpoint = results['cvpt']
+    e2vpt_accuracy, e2vpt_report, _ = results['e2vpt']
+    print(f'\n[demo] CVPT test top-1 accuracy: {cvpt_accuracy:.2f}% (chance 25.00%)')
+    print(f'[demo] CVPT {cvpt_report}')
+    print(f'[demo] CVPT checkpoint (tuned tensors only): {cvpt_checkpoint} '
+          f'({osp.getsize(cvpt_checkpoint) / 1024:.0f} KiB)')
+    print(f'[demo] E2VPT after pruning + rewinding: test top-1 accuracy {e2vpt_accuracy:.2f}%, '
+          f'{e2vpt_report}')
+    print(f'[demo] E2VPT pruning result: {osp.join(args.work_dir, "e2vpt", "prompt_pruning.json")}')
 
-    import mmvpt  # noqa: F401
-    from mmvpt.utils import format_parameter_report, parameter_report
-    cfg = Config.fromfile(TUNE_CONFIG)
-    cfg.model.backbone.init_cfg = None
-    model = MODELS.build(dict(cfg.model, _scope_='mmpretrain'))
-    print(f'\n[demo] CVPT test top-1 accuracy: {metrics["accuracy/top1"]:.2f}% (chance 25.00%)')
-    print(f'[demo] {format_parameter_report(parameter_report(model))}')
-    print(f'[demo] checkpoint: {checkpoint}')
+
+def last_parameter_report(work_dir):
+    """The last parameter report the training in ``work_dir`` logged (after pruning, if any)."""
+    reports = []
+    for log in sorted(glob.glob(osp.join(work_dir, '*', '*.log'))):
+        with open(log) as f:
+            reports += [line.split('tuned parameters: ', 1)[1].strip() for line in f
+                        if 'tuned parameters: ' in line]
+    return f'tuned parameters: {reports[-1]}' if reports else 'no parameter report logged'
 
 
 if __name__ == '__main__':

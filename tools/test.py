@@ -16,7 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvpt.apis import ConfigError, init_distributed, prepare_config  # noqa: E402
-from mmvpt.utils.checkpoint_loading import register_checkpoint_loader  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -26,7 +25,8 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation '
                         '(segmentation: multi-scale + flip)')
-    parser.add_argument('--out', help='dump the predictions to this pickle file')
+    parser.add_argument('--out', help='classification: a pickle file for the predictions; '
+                        'segmentation: a folder for the predicted label PNGs')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value pairs')
@@ -70,14 +70,13 @@ def main(argv=None):
         apply_tta(cfg, cfg.default_scope)
     if args.out:
         if cfg.default_scope == 'mmseg':
-            cfg.test_evaluator['output_dir'] = os.path.dirname(args.out) or '.'
+            cfg.test_evaluator['output_dir'] = args.out
             cfg.test_evaluator['keep_results'] = True
         else:
             evaluators = cfg.test_evaluator
             evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
             cfg.test_evaluator = evaluators + [dict(type='DumpResults', out_file_path=args.out)]
 
-    register_checkpoint_loader()
     init_distributed(args.launcher)
 
     from mmengine.registry import RUNNERS

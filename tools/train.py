@@ -12,7 +12,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvpt.apis import init_distributed, prepare_config  # noqa: E402
-from mmvpt.utils.checkpoint_loading import register_checkpoint_loader  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,7 +59,6 @@ def main(argv=None):
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
 
-    register_checkpoint_loader()
     init_distributed(args.launcher)
 
     from mmengine.registry import RUNNERS

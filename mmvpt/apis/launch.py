@@ -10,6 +10,7 @@ import torch
 from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for tools)
 
 from mmvpt.registry import ALL_REGISTRIES
+from mmvpt.utils.checkpoint_loading import register_checkpoint_loader
 
 # default_scope -> the module that must be imported for its registries to fill.
 SUPPORTED_HOSTS = {'mmpretrain': 'mmpretrain', 'mmseg': 'mmseg'}
@@ -138,7 +139,8 @@ def prepare_config(config_path, cfg_options=None, work_dir=None, launcher='none'
     """Loads a config and makes it ready for MMEngine's runner on this machine.
 
     Imports the host library and mmvpt, checks mmvpt types, sets the work dir
-    (default ``./work_dirs/<config name>``) and adapts the config to the device.
+    (default ``./work_dirs/<config name>``), adapts the config to the device and lets
+    MMEngine load its own checkpoints under torch >= 2.6.
     """
     if not osp.isfile(config_path):
         raise FileNotFoundError(f'config file {config_path!r} does not exist')
@@ -155,4 +157,5 @@ def prepare_config(config_path, cfg_options=None, work_dir=None, launcher='none'
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
     adapt_to_device(cfg, launcher)
+    register_checkpoint_loader()
     return cfg

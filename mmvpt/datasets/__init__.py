@@ -1,1 +1,6 @@
-"""Datasets (imported lazily: they build on mmpretrain / mmseg)."""
+"""Datasets. They build on mmpretrain, imported only when a config names them
+(the DATASETS registry imports this package on first use)."""
+from .fgvc import FGVC, FGVC_TASKS
+from .vtab import ListFileDataset, VTAB1k, VTAB_SPLITS, VTAB_TASKS, canonical_vtab_task
+
+__all__ = ['FGVC', 'FGVC_TASKS', 'ListFileDataset', 'VTAB1k', 'VTAB_SPLITS', 'VTAB_TASKS', 'canonical_vtab_task']

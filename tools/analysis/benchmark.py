@@ -111,6 +111,7 @@ def main():
              f' ({torch.get_num_threads()} threads)'))
     print(f'| method | P | tuned params | train GFLOPs | x P=0 | step s | x P=0 | {memory_name} | x P=0 |')
     print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    measure(build(args.arch, None), args.batch, args.device, 1)  # warms the process up
     base = measure(build(args.arch, None), args.batch, args.device, args.steps)
 
     def row(name, p, tuned, result):

@@ -8,6 +8,7 @@ from mmengine.dist import all_reduce, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from mmvpt.models.prompts.base import check_choices
 from mmvpt.registry import HOOKS
 from mmvpt.utils.param_report import format_parameter_report, parameter_report
 from .tuned_checkpoint_hook import prompt_methods, unwrap
@@ -73,10 +74,8 @@ class PromptPruningHook(Hook):
             raise ValueError(f'PromptPruningHook prune_after={prune_after!r}: a positive int')
         _check_fraction('token_fraction', token_fraction)
         _check_fraction('segment_fraction', segment_fraction, optional=True)
-        for name, value, choices in (('score', score, SCORES), ('scope', scope, SCOPES),
-                                     ('rewind', rewind, REWINDS)):
-            if value not in choices:
-                raise ValueError(f'PromptPruningHook {name}={value!r}: choose one of {choices}')
+        check_choices('PromptPruningHook', score=(score, SCORES), scope=(scope, SCOPES),
+                      rewind=(rewind, REWINDS))
         self.prune_after = prune_after
         self.token_fraction = token_fraction
         self.segment_fraction = segment_fraction

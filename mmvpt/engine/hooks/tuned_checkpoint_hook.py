@@ -1,7 +1,7 @@
 """Checkpoints that hold only what was tuned, and their loading back onto a pretrained
 backbone."""
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from mmvpt.models.prompts import PromptMethod
 from mmvpt.models.utils.vit_checkpoint import CheckpointMismatchError
@@ -9,7 +9,11 @@ from mmvpt.registry import HOOKS
 
 
 def unwrap(model):
-    return model.module if is_model_wrapper(model) else model
+    """The model itself, out of DDP and test-time-augmentation wrappers (MMEngine loads
+    checkpoints into the wrapped model the same way)."""
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
 
 
 def prompt_methods(model):

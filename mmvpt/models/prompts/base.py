@@ -82,11 +82,18 @@ def vpt_init_bound(patch_size, dim):
     return math.sqrt(6. / float(3 * patch_size * patch_size + dim))
 
 
+def check_choices(owner, **options):
+    """``check_choices('CVPT', ca_init=(value, CHOICES), ...)``: a clear error for the
+    first option whose value is not among its choices."""
+    for name, (value, choices) in options.items():
+        if value not in choices:
+            raise ValueError(f'{owner} {name}={value!r}: choose one of {tuple(choices)}')
+
+
 def check_dropout(dropout, dropout_mode):
     if not 0 <= dropout < 1:
         raise ValueError(f'prompt dropout={dropout!r}: must be in [0, 1)')
-    if dropout_mode not in DROPOUT_MODES:
-        raise ValueError(f'dropout_mode={dropout_mode!r}: choose one of {DROPOUT_MODES}')
+    check_choices('prompt', dropout_mode=(dropout_mode, DROPOUT_MODES))
 
 
 def drop_prompts(prompts, batch_size, p, mode, training):

@@ -6,9 +6,10 @@ from timm.layers import Attention
 
 from mmvpt.registry import MODELS
 from ..utils.attention import cross_attention
-from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, uniform_prompts,
-                   vpt_init_bound)
+from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
+                   uniform_prompts, vpt_init_bound)
 
+INSERT_POSITIONS = (1, 2, 3, 4, 5)
 CA_INITS = ('shared', 'random')
 PROMPT_INITS = ('xavier', 'vpt')
 
@@ -45,12 +46,8 @@ class CVPT(PromptMethod):
         super().__init__(**backbone)
         check_positive('num_tokens', num_tokens)
         check_dropout(dropout, dropout_mode)
-        if insert not in (1, 2, 3, 4, 5):
-            raise ValueError(f'CVPT insert={insert!r}: choose a position 1..5')
-        if init not in PROMPT_INITS:
-            raise ValueError(f'CVPT init={init!r}: choose one of {PROMPT_INITS}')
-        if ca_init not in CA_INITS:
-            raise ValueError(f'CVPT ca_init={ca_init!r}: choose one of {CA_INITS}')
+        check_choices('CVPT', insert=(insert, INSERT_POSITIONS), init=(init, PROMPT_INITS),
+                      ca_init=(ca_init, CA_INITS))
         self.num_tokens = num_tokens
         self.insert = insert
         self.dropout = dropout

@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
-from .base import PromptMethod, check_dropout, check_positive, drop_prompts, vpt_init_bound
+from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
+                   vpt_init_bound)
 
 PRUNE_MODES = ('remove', 'mask')
 SEGMENT_LAYOUTS = ('contiguous', 'interleaved')
@@ -41,11 +42,9 @@ class E2VPT(PromptMethod):
         check_positive('num_tokens', num_tokens, allow_zero=True)
         check_positive('num_kv_tokens', num_kv_tokens, allow_zero=True)
         check_dropout(dropout, dropout_mode)
-        for name, value, choices in (('kv_location', kv_location, KV_LOCATIONS),
-                                     ('segment_layout', segment_layout, SEGMENT_LAYOUTS),
-                                     ('prune_mode', prune_mode, PRUNE_MODES)):
-            if value not in choices:
-                raise ValueError(f'E2VPT {name}={value!r}: choose one of {choices}')
+        check_choices('E2VPT', kv_location=(kv_location, KV_LOCATIONS),
+                      segment_layout=(segment_layout, SEGMENT_LAYOUTS),
+                      prune_mode=(prune_mode, PRUNE_MODES))
         if num_tokens and (not isinstance(num_segments, int) or num_segments < 1
                            or self.embed_dim % num_segments):
             raise ValueError(f'E2VPT num_segments={num_segments!r}: must divide the token width '

@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
-from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, uniform_prompts,
-                   vpt_init_bound)
+from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
+                   uniform_prompts, vpt_init_bound)
 
 DA_INITS = ('identity', 'zeros')
 AR_INITS = ('vpt', 'zeros')
@@ -42,10 +42,7 @@ class IVPT(PromptMethod):
         check_positive('num_tokens', num_tokens)
         check_positive('num_ar_tokens', num_ar_tokens, allow_zero=True)
         check_dropout(dropout, dropout_mode)
-        if da_init not in DA_INITS:
-            raise ValueError(f'IVPT da_init={da_init!r}: choose one of {DA_INITS}')
-        if ar_init not in AR_INITS:
-            raise ValueError(f'IVPT ar_init={ar_init!r}: choose one of {AR_INITS}')
+        check_choices('IVPT', da_init=(da_init, DA_INITS), ar_init=(ar_init, AR_INITS))
         self.num_tokens = num_tokens
         self.num_ar_tokens = num_ar_tokens
         self.dynamic_aggregation = dynamic_aggregation

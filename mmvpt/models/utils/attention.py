@@ -53,8 +53,8 @@ def cross_attention(attn, x, prompts):
     softmax(q(x) k(p)^T / sqrt(d)) v(p), then the output projection. With a batch-shared
     ``prompts`` of shape (1, P, C) the prompt keys/values are computed once for the batch.
 
-    When P x heads < C, the query and output projections are folded into the prompt side
-    (see :func:`_folded_cross_attention`), which makes a few prompts nearly free.
+    For few prompts the query and output projections are folded into the prompt side
+    (see :func:`_folded_cross_attention`), which makes them nearly free.
 
     Args:
         attn: a timm ``Attention`` module: the block's own (weight sharing) or a copy.
@@ -67,8 +67,7 @@ def cross_attention(attn, x, prompts):
     kv = F.linear(prompts, weight[width:], None if bias is None else bias[width:])
     k, v = kv.view(prompts.shape[0], -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     k = attn.k_norm(k)
-    foldable = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.norm, nn.Identity)
-    if foldable and prompts.shape[1] * heads < C:
+    if _fold_pays(attn, prompts, k):
         return _folded_cross_attention(attn, x, k, v)
     q = F.linear(x, weight[:width], None if bias is None else bias[:width])
     q = attn.q_norm(q.view(B, N, heads, head_dim).transpose(1, 2))
@@ -77,13 +76,27 @@ def cross_attention(attn, x, prompts):
     return attn.proj(attn.norm(out))
 
 
+def _fold_pays(attn, prompts, k):
+    """Whether folding costs fewer FLOPs. Per sample and block, the plain form costs
+    2NC^2 + 2NPC multiply-adds forward and about as much backward (frozen projections need
+    input gradients only); the folded form 2NPHC forward and twice that backward when the
+    prompts train (the prompt-side products need gradients too)."""
+    if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.norm, nn.Identity)):
+        return False
+    num_prompts, heads, width = prompts.shape[1], attn.num_heads, attn.attn_dim
+    trains = torch.is_grad_enabled() and (prompts.requires_grad or k.requires_grad)
+    if trains:  # 6NPHC < 4NC^2 + 6NPC
+        return 3 * num_prompts * (heads - 1) < 2 * width
+    return num_prompts * (heads - 1) < width  # 2NPHC < 2NC^2 + 2NPC
+
+
 def _folded_cross_attention(attn, x, k, v):
     """Cross-attention with W_q and W_o moved to the prompt side.
 
     Per head h, q_h k_h^T = x (k_h W_q,h)^T + b_q,h k_h^T and
     sum_h a_h v_h W_o,h = a (v W_o) with v_h W_o,h a (P, C) matrix per head. Both prompt-side
-    products are formed once per batch (b = 1 for batch-shared prompts), and per sample the
-    cost drops from 2NC^2 + 2NPC to 2NPHC multiply-adds: cheaper whenever P x H < C.
+    products are formed once per batch (b = 1 for batch-shared prompts); per sample the
+    tokens meet them in two (N, C) x (C, H * P) products, and no (B, H, N, C) tensor is made.
 
     Args:
         attn: timm ``Attention`` (no q/scale norm).
@@ -94,16 +107,17 @@ def _folded_cross_attention(attn, x, k, v):
     b, heads, P, head_dim = k.shape
     weight, bias = attn.qkv.weight, attn.qkv.bias
     w_q = weight[:attn.attn_dim].view(heads, head_dim, C)
-    keys_in = torch.einsum('bhpd,hdc->bhpc', k, w_q) * attn.scale  # (b, H, P, C)
-    scores = torch.matmul(x.unsqueeze(1), keys_in.transpose(-1, -2))  # (B, H, N, P)
+    keys_in = torch.einsum('bhpd,hdc->bhpc', k * attn.scale, w_q).reshape(b, heads * P, C)
+    w_o = attn.proj.weight.view(C, heads, head_dim)
+    values_out = torch.einsum('bhpd,chd->bhpc', v, w_o).reshape(b, heads * P, C)
+    if b == 1:  # batch-shared prompts: plain (B * N, C) x (C, H * P) products
+        keys_in, values_out = keys_in[0], values_out[0]
+    scores = torch.matmul(x, keys_in.transpose(-1, -2))  # (B, N, H * P)
     if bias is not None:
         b_q = bias[:attn.attn_dim].view(heads, 1, head_dim)
-        scores = scores + (b_q * attn.scale * k).sum(-1).unsqueeze(2)  # (b, H, 1, P)
-    probs = scores.softmax(dim=-1)
-    w_o = attn.proj.weight.view(C, heads, head_dim)
-    values_out = torch.einsum('bhpd,chd->bhpc', v, w_o)  # (b, H, P, C)
-    out = torch.matmul(probs.transpose(1, 2).reshape(B, N, heads * P),
-                       values_out.reshape(b, heads * P, C))
+        scores = scores + (b_q * attn.scale * k).sum(-1).reshape(b, 1, heads * P)
+    probs = scores.view(B, N, heads, P).softmax(dim=-1).view(B, N, heads * P)
+    out = torch.matmul(probs, values_out)
     if attn.proj.bias is not None:
         out = out + attn.proj.bias
     return out

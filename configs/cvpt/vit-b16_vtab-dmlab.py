@@ -1,0 +1,10 @@
+# CVPT on VTAB-1k dmlab (6 classes). 200 prompts, lr 0.002 (paper 001).
+_base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
+
+task = 'dmlab'
+model = dict(backbone=dict(prompt=dict(num_tokens=200)), head=dict(num_classes=6))
+data_preprocessor = dict(num_classes=6)
+train_dataloader = dict(batch_size=32, dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))
+optim_wrapper = dict(optimizer=dict(lr=0.002))

@@ -1,0 +1,10 @@
+# CVPT on VTAB-1k dsprites_ori (16 classes). 5 prompts, lr 0.005 (paper 001).
+_base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
+
+task = 'dsprites_ori'
+model = dict(backbone=dict(prompt=dict(num_tokens=5)), head=dict(num_classes=16))
+data_preprocessor = dict(num_classes=16)
+train_dataloader = dict(batch_size=32, dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))
+optim_wrapper = dict(optimizer=dict(lr=0.005))

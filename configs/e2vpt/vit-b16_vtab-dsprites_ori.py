@@ -1,0 +1,9 @@
+# E2VPT on VTAB-1k dsprites_ori (16 classes). 5 visual / 5 key-value prompts (paper 002).
+_base_ = ['../_base_/methods/e2vpt.py', '../_base_/datasets/vtab1k.py']
+
+task = 'dsprites_ori'
+model = dict(backbone=dict(prompt=dict(num_tokens=5, num_kv_tokens=5)), head=dict(num_classes=16))
+data_preprocessor = dict(num_classes=16)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

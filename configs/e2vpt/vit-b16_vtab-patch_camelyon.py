@@ -1,0 +1,9 @@
+# E2VPT on VTAB-1k patch_camelyon (2 classes). 10 visual / 10 key-value prompts (paper 002).
+_base_ = ['../_base_/methods/e2vpt.py', '../_base_/datasets/vtab1k.py']
+
+task = 'patch_camelyon'
+model = dict(backbone=dict(prompt=dict(num_tokens=10, num_kv_tokens=10)), head=dict(num_classes=2))
+data_preprocessor = dict(num_classes=2)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

@@ -1,0 +1,9 @@
+# Full fine-tuning on VTAB-1k dtd (47 classes).
+_base_ = ['../_base_/methods/full.py', '../_base_/datasets/vtab1k.py']
+
+task = 'dtd'
+model = dict(head=dict(num_classes=47))
+data_preprocessor = dict(num_classes=47)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

@@ -1,0 +1,9 @@
+# iVPT on VTAB-1k dmlab (6 classes). N = 10 CDC prompts, k = 10 AR prompts (paper 003).
+_base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
+
+task = 'dmlab'
+model = dict(backbone=dict(prompt=dict(num_tokens=10, num_ar_tokens=10)), head=dict(num_classes=6))
+data_preprocessor = dict(num_classes=6)
+train_dataloader = dict(dataset=dict(task=task, pipeline={{_base_.ivpt_train_pipeline}}))
+val_dataloader = dict(dataset=dict(task=task, pipeline={{_base_.ivpt_test_pipeline}}))
+test_dataloader = dict(dataset=dict(task=task, pipeline={{_base_.ivpt_test_pipeline}}))

@@ -1,0 +1,9 @@
+# Linear probing on FGVC flowers (102 classes).
+_base_ = ['../_base_/methods/linear.py', '../_base_/datasets/fgvc.py']
+
+task = 'flowers'
+model = dict(head=dict(num_classes=102))
+data_preprocessor = dict(num_classes=102)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

@@ -1,0 +1,9 @@
+# VPT-deep on VTAB-1k diabetic_retinopathy (5 classes). VPT lists no per-task prompt count here: 10 prompts is our default.
+_base_ = ['../_base_/methods/vpt.py', '../_base_/datasets/vtab1k.py']
+
+task = 'diabetic_retinopathy'
+model = dict(backbone=dict(prompt=dict(num_tokens=10)), head=dict(num_classes=5))
+data_preprocessor = dict(num_classes=5)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

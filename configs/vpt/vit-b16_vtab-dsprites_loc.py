@@ -1,0 +1,9 @@
+# VPT-deep on VTAB-1k dsprites_loc (16 classes). VPT lists no per-task prompt count here: 10 prompts is our default.
+_base_ = ['../_base_/methods/vpt.py', '../_base_/datasets/vtab1k.py']
+
+task = 'dsprites_loc'
+model = dict(backbone=dict(prompt=dict(num_tokens=10)), head=dict(num_classes=16))
+data_preprocessor = dict(num_classes=16)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

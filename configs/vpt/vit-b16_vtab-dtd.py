@@ -1,0 +1,9 @@
+# VPT-deep on VTAB-1k dtd (47 classes). VPT lists no per-task prompt count here: 10 prompts is our default.
+_base_ = ['../_base_/methods/vpt.py', '../_base_/datasets/vtab1k.py']
+
+task = 'dtd'
+model = dict(backbone=dict(prompt=dict(num_tokens=10)), head=dict(num_classes=47))
+data_preprocessor = dict(num_classes=47)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

@@ -1,0 +1,159 @@
+"""Every config builds; each method trains an iteration and evaluates on generated VTAB-1k
+and FGVC data with the backbone shrunk to a tiny width; generated configs are up to date."""
+import copy
+import glob
+import importlib.util
+import os.path as osp
+import uuid
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from mmvpt.apis import prepare_config
+from mmvpt.testing import make_fgvc_task, make_vtab_task
+
+from .conftest import ROOT
+
+CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+                 if '_base_' not in p)
+METHODS = ('vpt', 'e2vpt', 'cvpt', 'ivpt', 'linear', 'full')
+TINY = {
+    'model.backbone.arch_cfg': dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    'model.backbone.img_size': 32,
+    'model.backbone.init_cfg': None,
+    'model.head.in_channels': 32,
+}
+SIZES = {224: 32, 256: 36}
+
+
+def shrink_pipeline(pipeline):
+    """The config's own pipeline, at 32 pixels instead of 224."""
+    pipeline = copy.deepcopy(pipeline)
+    for step in pipeline:
+        if 'scale' in step:
+            step['scale'] = tuple(SIZES.get(s, s) for s in step['scale'])
+        if 'crop_size' in step:
+            step['crop_size'] = SIZES.get(step['crop_size'], step['crop_size'])
+    return pipeline
+
+
+def tiny(cfg, data_root=None):
+    if cfg.get('default_scope') != 'mmpretrain' or 'backbone' not in cfg.model:
+        return cfg
+    if cfg.model.backbone.get('type') == 'mmvpt.PromptedViT':
+        cfg.merge_from_dict(TINY)
+    for split in ('train', 'val', 'test'):
+        loader = cfg[f'{split}_dataloader']
+        loader.update(batch_size=16, num_workers=0, persistent_workers=False)
+        loader.dataset.pipeline = shrink_pipeline(loader.dataset.pipeline)
+        if data_root is not None:
+            loader.dataset.data_root = data_root
+    return cfg
+
+
+def test_generated_configs_are_up_to_date():
+    spec = importlib.util.spec_from_file_location(
+        'generate_configs', osp.join(ROOT, 'tools/misc/generate_configs.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    generated = module.all_configs()
+    assert len(generated) == 6 * 24
+    for path, text in generated.items():
+        with open(osp.join(ROOT, 'configs', path)) as f:
+            assert f.read() == text, f'{path} differs from tools/misc/generate_configs.py'
+
+
+def test_every_config_builds():
+    """Classification configs here; the SETR ones build and train in tests/test_seg.py."""
+    from mmpretrain.registry import MODELS
+    classification = [p for p in CONFIGS if not osp.basename(p).startswith('setr_')]
+    assert len(classification) >= 6 * 24
+    for path in classification:
+        cfg = tiny(prepare_config(path))
+        model = MODELS.build(cfg.model)
+        assert model.head.num_classes == cfg.data_preprocessor.num_classes, path
+
+
+def test_recipes_follow_the_papers():
+    def load(name):
+        return Config.fromfile(osp.join(ROOT, 'configs', name))
+    cfg = load('cvpt/vit-b16_vtab-dmlab.py')
+    assert cfg.model.backbone.prompt.num_tokens == 200 and cfg.optim_wrapper.optimizer.lr == 2e-3
+    assert cfg.model.backbone.drop_path_rate == 0.1 and cfg.train_dataloader.batch_size == 32
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    cfg = load('cvpt/vit-b16_fgvc-cars.py')
+    assert (cfg.model.backbone.prompt.num_tokens, cfg.train_dataloader.batch_size,
+            cfg.optim_wrapper.optimizer.weight_decay, cfg.model.head.num_classes) == (100, 16, 0.05, 196)
+    cfg = load('e2vpt/vit-b16_vtab-caltech101.py')
+    assert (cfg.model.backbone.prompt.num_tokens, cfg.model.backbone.prompt.num_kv_tokens) == (32, 5)
+    assert cfg.train_cfg.max_epochs == 200
+    assert cfg.custom_hooks[-1].type == 'mmvpt.PromptPruningHook' and cfg.custom_hooks[-1].prune_after == 100
+    cfg = load('ivpt/vit-b16_vtab-smallnorb_ele.py')
+    assert (cfg.model.backbone.prompt.num_tokens, cfg.model.backbone.prompt.num_ar_tokens) == (200, 1)
+    assert [t.type for t in cfg.train_dataloader.dataset.pipeline][2:4] == ['RandomCrop', 'RandomFlip']
+    cfg = load('vpt/vit-b16_vtab-svhn.py')
+    assert cfg.optim_wrapper.optimizer.type == 'SGD' and cfg.train_dataloader.batch_size == 64
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['head.fc.bias'].decay_mult == 0
+    assert load('linear/vit-b16_fgvc-nabirds.py').model.backbone.prompt is None
+    assert load('full/vit-b16_vtab-cifar.py').model.backbone.frozen is False
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('bench')
+    make_vtab_task(str(root / 'vtab'), 'cifar', num_classes=4, num_train=16, num_val=8, num_test=8)
+    make_fgvc_task(str(root / 'fgvc'), 'cub', num_train=16, num_val=8, num_test=8)
+    return dict(vtab=str(root / 'vtab'), fgvc=str(root / 'fgvc'))
+
+
+@pytest.mark.parametrize('benchmark,task', [('vtab', 'cifar'), ('fgvc', 'cub')])
+@pytest.mark.parametrize('method', METHODS)
+def test_one_iteration_and_evaluation(method, benchmark, task, data, tmp_path):
+    cfg = tiny(prepare_config(osp.join(ROOT, f'configs/{method}/vit-b16_{benchmark}-{task}.py'),
+                              work_dir=str(tmp_path)), data[benchmark])
+    cfg.train_cfg.update(max_epochs=1, val_interval=1)
+    for hook in cfg.custom_hooks:
+        if hook.type == 'mmvpt.PromptPruningHook':  # prune after the first epoch
+            hook.prune_after = 1
+            cfg.train_cfg.max_epochs = 2
+    cfg.experiment_name = uuid.uuid4().hex
+    runner = Runner.from_cfg(cfg)
+    tuned_before = {n: p.detach().clone() for n, p in runner.model.named_parameters()
+                    if p.requires_grad}
+    runner.train()
+    accuracy = runner.message_hub.get_scalar('val/accuracy/top1').current()
+    assert 0 <= accuracy <= 100
+    changed = [n for n, p in runner.model.named_parameters()
+               if n in tuned_before and not torch.equal(p, tuned_before[n])]
+    assert 'head.fc.weight' in changed
+    if method not in ('linear', 'full'):
+        assert any(n.startswith('backbone.prompt.') for n in changed)
+    if method == 'full':
+        assert any(n.startswith('backbone.vit.') for n in changed)
+    if method == 'e2vpt':
+        assert runner.model.backbone.prompt.token_mask.sum() < runner.model.backbone.prompt.token_mask.numel()
+    metrics = runner.test()
+    assert 'accuracy/top1' in metrics
+
+
+def test_new_dataset_by_inheriting_a_config(tmp_path):
+    import shutil
+    task_dir = make_vtab_task(str(tmp_path), 'my_dataset', num_classes=5, num_train=20,
+                              num_val=10, num_test=10)
+    for split, source in (('train', 'train800'), ('val', 'val200')):
+        shutil.copy(osp.join(task_dir, f'{source}.txt'), osp.join(task_dir, f'{split}.txt'))
+    config = osp.join(ROOT, 'configs/cvpt/vit-b16_my-dataset.py')
+    with open(config) as f:
+        assert len([line for line in f if line.strip() and not line.startswith('#')]) <= 11
+    cfg = tiny(prepare_config(config, work_dir=str(tmp_path / 'work')), task_dir)
+    cfg.train_cfg.update(max_epochs=1, val_interval=1)
+    cfg.experiment_name = uuid.uuid4().hex
+    runner = Runner.from_cfg(cfg)
+    assert runner.model.head.num_classes == 5
+    assert runner.model.backbone.prompt.num_tokens == 10  # CVPT's cifar recipe, inherited
+    runner.train()
+    assert type(runner.train_dataloader.dataset).__name__ == 'ListFileDataset'
+    assert len(runner.train_dataloader.dataset) == 20
+    assert 'accuracy/top1' in runner.test()

@@ -1,0 +1,174 @@
+"""SETR on a generated mini ADE20K: every method's config (shrunk to a tiny width) trains a
+few iterations and evaluates single-scale and with --tta; the reported mIoU equals the one
+computed by hand from the saved predictions; a 2-process gloo run completes."""
+import glob
+import importlib.util
+import os.path as osp
+import re
+import socket
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+from PIL import Image
+
+from mmvpt.apis import prepare_config
+from mmvpt.testing import make_ade20k
+
+from .conftest import ROOT, run_tool
+
+METHODS = ('linear', 'vpt', 'cvpt', 'ivpt', 'e2vpt')
+
+
+def seg_config(method):
+    return osp.join(ROOT, f'configs/{method}/setr_vit-l_ade20k.py')
+
+
+def shrink(cfg, data_root):
+    """The config at a tiny width and 64-pixel crops, with its structure kept."""
+    backbone = cfg.model.backbone
+    backbone.update(arch_cfg=dict(patch_size=8, embed_dim=32, depth=4, num_heads=2),
+                    img_size=64, out_indices=(0, 1, 2, 3), init_cfg=None)
+    if backbone.get('prompt') and backbone.prompt.get('num_tokens', 0) > 20:
+        backbone.prompt.num_tokens = 20
+    for head in [cfg.model.decode_head, *cfg.model.auxiliary_head]:
+        head.update(in_channels=32, channels=16)
+    cfg.model.data_preprocessor.size = (64, 64)
+    cfg.model.test_cfg = dict(mode='slide', crop_size=(64, 64), stride=(43, 43))
+    for step in cfg.train_dataloader.dataset.pipeline:
+        if step.type == 'RandomResize':
+            step.scale = (128, 64)
+        if step.type == 'RandomCrop':
+            step.crop_size = (64, 64)
+    for loader in (cfg.val_dataloader, cfg.test_dataloader):
+        for step in loader.dataset.pipeline:
+            if step.type == 'Resize':
+                step.scale = (128, 64)
+    for split in ('train', 'val', 'test'):
+        loader = cfg[f'{split}_dataloader']
+        loader.update(num_workers=0, persistent_workers=False)
+        loader.dataset.data_root = data_root
+    cfg.train_dataloader.batch_size = 2
+    cfg.train_cfg.update(max_iters=4, val_interval=4)
+    cfg.default_hooks.checkpoint.interval = 4
+    cfg.default_hooks.logger.interval = 1
+    return cfg
+
+
+def write_tiny_config(method, data_root, path):
+    cfg = shrink(prepare_config(seg_config(method)), data_root)
+    cfg.dump(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def ade(tmp_path_factory):
+    return make_ade20k(str(tmp_path_factory.mktemp('ade')), num_train=4, num_val=2)
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', osp.join(ROOT, f'tools/{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_each_method_trains_and_evaluates_single_and_multi_scale(method, ade, tmp_path):
+    cfg = shrink(prepare_config(seg_config(method), work_dir=str(tmp_path)), ade)
+    cfg.experiment_name = uuid.uuid4().hex
+    runner = Runner.from_cfg(cfg)
+    assert not any(p.requires_grad for p in runner.model.backbone.vit.parameters())
+    norms = {type(m).__name__ for m in runner.model.modules()}
+    assert 'BatchNorm2d' in norms and 'SyncBatchNorm' not in norms  # SyncBN fell back to BN
+    runner.train()
+    assert 0 <= runner.test()['mIoU'] <= 100
+    # --tta: multi-scale (6 ratios) x flip on the config's own tta pipeline
+    tta_cfg = shrink(prepare_config(seg_config(method), work_dir=str(tmp_path / 'tta')), ade)
+    load_tool('test').apply_tta(tta_cfg, 'mmseg')
+    tta_cfg.load_from = osp.join(str(tmp_path), 'iter_4.pth')
+    tta_cfg.experiment_name = uuid.uuid4().hex
+    assert type(tta_cfg.model.type) is str and tta_cfg.model.type.endswith('SegTTAModel')
+    transforms = tta_cfg.test_dataloader.dataset.pipeline[1].transforms
+    assert [t.scale_factor for t in transforms[0]] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert 0 <= Runner.from_cfg(tta_cfg).test()['mIoU'] <= 100
+
+
+def miou_by_hand(pred_dir, ade):
+    """mIoU over the validation set from the saved prediction PNGs (class + 1, as mmseg
+    saves them with reduce_zero_label) and the annotations (0 ignored)."""
+    intersection, union = np.zeros(150), np.zeros(150)
+    annotations = sorted(glob.glob(osp.join(ade, 'annotations/validation/*.png')))
+    assert annotations
+    for path in annotations:
+        gt = np.array(Image.open(path)).astype(np.int64) - 1  # 0 ("other") -> -1, ignored
+        pred = np.array(Image.open(osp.join(pred_dir, osp.basename(path)))).astype(np.int64) - 1
+        valid = gt >= 0
+        for c in range(150):
+            p, g = (pred == c) & valid, (gt == c) & valid
+            intersection[c] += (p & g).sum()
+            union[c] += (p | g).sum()
+    present = union > 0
+    return round(float(np.mean(intersection[present] / union[present]) * 100), 2)
+
+
+@pytest.fixture(scope='module')
+def trained_cvpt(ade, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('setr')
+    config = write_tiny_config('cvpt', ade, tmp / 'cvpt_tiny.py')
+    cfg = Config.fromfile(config)
+    cfg.train_cfg.update(max_iters=12, val_interval=12)
+    cfg.default_hooks.checkpoint.interval = 12
+    cfg.dump(config)
+    run_tool('train.py', config, '--work-dir', str(tmp / 'work'))
+    return config, str(tmp / 'work' / 'iter_12.pth')
+
+
+@pytest.mark.parametrize('tta', [False, True])
+def test_reported_miou_equals_hand_computation(trained_cvpt, ade, tmp_path, tta):
+    config, checkpoint = trained_cvpt
+    args = ['test.py', config, checkpoint, '--work-dir', str(tmp_path), '--out',
+            str(tmp_path / 'preds')]
+    proc = run_tool(*(args + ['--tta'] if tta else args))
+    reported = float(re.findall(r'mIoU: ([\d.]+)', proc.stdout)[-1])
+    assert reported == miou_by_hand(str(tmp_path / 'preds'), ade)
+    assert reported > 0
+
+
+def test_no_prompt_parameter_gets_the_head_lr_multiplier(ade):
+    from mmengine.optim import build_optim_wrapper
+    from mmseg.registry import MODELS
+    for method in ('cvpt', 'e2vpt', 'ivpt', 'vpt'):
+        cfg = shrink(prepare_config(seg_config(method)), ade)
+        model = MODELS.build(cfg.model)
+        wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+        lr_of = {id(p): group['lr'] for group in wrapper.optimizer.param_groups
+                 for p in group['params']}
+        prompt = [p for n, p in model.named_parameters() if n.startswith('backbone.prompt.')]
+        heads = [p for n, p in model.named_parameters() if 'head' in n.split('.')[0]]
+        assert prompt and heads
+        assert {lr_of[id(p)] for p in prompt} == {1e-3}, method
+        assert all(abs(lr_of[id(p)] - 1e-2) < 1e-12 for p in heads), method
+
+
+def test_cvpt_segmentation_shares_the_self_attention_weights(ade):
+    from mmseg.registry import MODELS
+    cfg = shrink(prepare_config(seg_config('cvpt')), ade)
+    model = MODELS.build(cfg.model)
+    prompt = model.backbone.prompt
+    assert prompt.cross_attn is None and prompt.ca_init == 'shared'
+    assert not any('cross_attn' in n for n, _ in model.named_parameters())
+
+
+def test_two_process_gloo_training(ade, tmp_path, monkeypatch):
+    config = write_tiny_config('vpt', ade, tmp_path / 'vpt_tiny.py')
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        monkeypatch.setenv('PORT', str(sock.getsockname()[1]))
+    run_tool('dist_train.sh', config, '2', '--work-dir', str(tmp_path / 'work'), '--no-validate')
+    state = torch.load(osp.join(str(tmp_path / 'work'), 'iter_4.pth'), weights_only=False)
+    assert 'backbone.prompt.prompts' in state['state_dict']
+    assert not any(k.startswith('backbone.vit.') for k in state['state_dict'])  # tuned only

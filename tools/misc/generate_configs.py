@@ -1,0 +1,132 @@
+"""Writes configs/<method>/vit-b16_{vtab,fgvc}-<task>.py from the per-task recipes of
+PROTOCOLS.md (prompt counts, lr, batch). The files are committed; tests check they match.
+
+    python tools/misc/generate_configs.py [--out configs]
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+# Task tables are plain data here so the script needs no mmpretrain.
+VTAB_CLASSES = dict(
+    cifar=100, caltech101=102, dtd=47, oxford_flowers102=102, oxford_iiit_pet=37, svhn=10,
+    sun397=397, patch_camelyon=2, eurosat=10, resisc45=45, diabetic_retinopathy=5,
+    clevr_count=8, clevr_dist=6, dmlab=6, kitti=4, dsprites_loc=16, dsprites_ori=16,
+    smallnorb_azi=18, smallnorb_ele=9)
+FGVC_CLASSES = dict(cub=200, nabirds=555, flowers=102, dogs=120, cars=196)
+
+# E2VPT visual / key-value prompt lengths (paper 002).
+E2VPT_VTAB = dict(caltech101=(32, 5), cifar=(5, 5), oxford_flowers102=(1, 1),
+                  patch_camelyon=(10, 10), dsprites_loc=(5, 5), dsprites_ori=(5, 5))
+E2VPT_VTAB_DEFAULT = (10, 5)
+E2VPT_FGVC = (5, 5)
+# CVPT prompts / lr (paper 001); FGVC prompts / lr / wd / batch.
+CVPT_VTAB = dict(
+    cifar=(10, 1e-3), caltech101=(200, 1e-3), dtd=(10, 1e-3), oxford_flowers102=(5, 2e-3),
+    oxford_iiit_pet=(5, 1e-3), svhn=(5, 1e-2), sun397=(10, 2e-3), patch_camelyon=(1, 1e-2),
+    eurosat=(5, 5e-3), resisc45=(10, 5e-3), diabetic_retinopathy=(5, 5e-3),
+    clevr_count=(20, 1e-3), clevr_dist=(50, 1e-3), dmlab=(200, 2e-3), kitti=(20, 5e-3),
+    dsprites_loc=(20, 5e-3), dsprites_ori=(5, 5e-3), smallnorb_azi=(50, 5e-3),
+    smallnorb_ele=(50, 1e-3))
+CVPT_FGVC = dict(cub=(5, 5e-4, 0.05, 32), cars=(100, 2e-3, 0.05, 16), dogs=(10, 2e-4, 1e-5, 16),
+                 flowers=(5, 1e-3, 0.05, 16), nabirds=(200, 2e-4, 1e-5, 16))
+# iVPT N (CDC prompts) / k (AR prompts), paper 003 Tables 15-16.
+IVPT_VTAB = dict(
+    cifar=(10, 10), caltech101=(10, 5), dtd=(10, 10), oxford_flowers102=(10, 50),
+    oxford_iiit_pet=(10, 20), svhn=(50, 20), sun397=(5, 1), patch_camelyon=(30, 30),
+    eurosat=(50, 5), resisc45=(10, 50), diabetic_retinopathy=(30, 30), clevr_count=(100, 50),
+    clevr_dist=(50, 100), dmlab=(10, 10), kitti=(50, 10), dsprites_loc=(10, 1),
+    dsprites_ori=(50, 1), smallnorb_azi=(50, 10), smallnorb_ele=(200, 1))
+IVPT_FGVC = dict(cub=(10, 1), nabirds=(50, 10), flowers=(5, 10), dogs=(10, 10), cars=(10, 10))
+
+METHODS = ('vpt', 'e2vpt', 'cvpt', 'ivpt', 'linear', 'full')
+NAMES = dict(vpt='VPT-deep', e2vpt='E2VPT', cvpt='CVPT', ivpt='iVPT', linear='Linear probing',
+             full='Full fine-tuning')
+
+
+def recipe(method, benchmark, task):
+    """(prompt options, dataloader options, optimizer options, note) for one task."""
+    prompt, loader, optimizer, note = {}, {}, {}, ''
+    if method == 'vpt':
+        prompt = dict(num_tokens=10)
+        note = 'VPT lists no per-task prompt count here: 10 prompts is our default.'
+    elif method == 'e2vpt':
+        visual, kv = (E2VPT_VTAB.get(task, E2VPT_VTAB_DEFAULT) if benchmark == 'vtab'
+                      else E2VPT_FGVC)
+        prompt = dict(num_tokens=visual, num_kv_tokens=kv)
+        note = f'{visual} visual / {kv} key-value prompts (paper 002).'
+    elif method == 'cvpt':
+        if benchmark == 'vtab':
+            tokens, lr = CVPT_VTAB[task]
+            loader, optimizer = dict(batch_size=32), dict(lr=lr)
+            note = f'{tokens} prompts, lr {lr:g} (paper 001).'
+        else:
+            tokens, lr, wd, batch = CVPT_FGVC[task]
+            loader, optimizer = dict(batch_size=batch), dict(lr=lr, weight_decay=wd)
+            note = f'{tokens} prompts, lr {lr:g}, wd {wd:g}, batch {batch} (paper 001).'
+        prompt = dict(num_tokens=tokens)
+    elif method == 'ivpt':
+        tokens, ar = (IVPT_VTAB if benchmark == 'vtab' else IVPT_FGVC)[task]
+        prompt = dict(num_tokens=tokens, num_ar_tokens=ar)
+        note = f'N = {tokens} CDC prompts, k = {ar} AR prompts (paper 003).'
+    return prompt, loader, optimizer, note
+
+
+def _kwargs(options):
+    return ', '.join(f'{k}={v!r}' for k, v in options.items())
+
+
+def render(method, benchmark, task):
+    classes = (VTAB_CLASSES if benchmark == 'vtab' else FGVC_CLASSES)[task]
+    prompt, loader, optimizer, note = recipe(method, benchmark, task)
+    dataset_base = 'vtab1k' if benchmark == 'vtab' else 'fgvc'
+    title = 'VTAB-1k' if benchmark == 'vtab' else 'FGVC'
+    backbone = f'backbone=dict(prompt=dict({_kwargs(prompt)})), ' if prompt else ''
+    dataset = 'task=task'
+    if method == 'ivpt':
+        dataset += ', pipeline={{_base_.ivpt_train_pipeline}}'
+    lines = [
+        f'# {NAMES[method]} on {title} {task} ({classes} classes). {note}'.rstrip(),
+        f"_base_ = ['../_base_/methods/{method}.py', '../_base_/datasets/{dataset_base}.py']",
+        '',
+        f'task = {task!r}',
+        f'model = dict({backbone}head=dict(num_classes={classes}))',
+        f'data_preprocessor = dict(num_classes={classes})',
+        f'train_dataloader = dict({_kwargs(loader) + ", " if loader else ""}dataset=dict({dataset}))',
+    ]
+    test_dataset = 'task=task' + (', pipeline={{_base_.ivpt_test_pipeline}}' if method == 'ivpt' else '')
+    lines += [f'val_dataloader = dict(dataset=dict({test_dataset}))',
+              f'test_dataloader = dict(dataset=dict({test_dataset}))']
+    if optimizer:
+        lines.append(f'optim_wrapper = dict(optimizer=dict({_kwargs(optimizer)}))')
+    return '\n'.join(lines) + '\n'
+
+
+def all_configs():
+    """{relative path: text} of every generated config."""
+    configs = {}
+    for method in METHODS:
+        for benchmark, tasks in (('vtab', VTAB_CLASSES), ('fgvc', FGVC_CLASSES)):
+            for task in tasks:
+                configs[f'{method}/vit-b16_{benchmark}-{task}.py'] = render(method, benchmark, task)
+    return configs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--out', default=osp.join(osp.dirname(osp.dirname(osp.dirname(
+        osp.abspath(__file__)))), 'configs'))
+    args = parser.parse_args()
+    for path, text in all_configs().items():
+        target = osp.join(args.out, path)
+        os.makedirs(osp.dirname(target), exist_ok=True)
+        with open(target, 'w') as f:
+            f.write(text)
+    print(f'wrote {len(all_configs())} configs under {args.out}')
+
+
+if __name__ == '__main__':
+    main()
