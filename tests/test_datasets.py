@@ -21,7 +21,8 @@ def vtab_root(tmp_path_factory):
 def test_vtab_tasks_table():
     assert len(VTAB_TASKS) == 19
     groups = [group for group, _, _ in VTAB_TASKS.values()]
-    assert (groups.count('natural'), groups.count('specialized'), groups.count('structured')) == (7, 4, 8)
+    counts = [groups.count(g) for g in ('natural', 'specialized', 'structured')]
+    assert counts == [7, 4, 8]
     assert VTAB_TASKS['sun397'][1] == 397 and VTAB_TASKS['smallnorb_ele'][1] == 9
 
 
@@ -31,7 +32,8 @@ def test_vtab_splits_aliases_and_samples(vtab_root):
     assert sizes == dict(train800=12, val200=4, train800val200=16, test=6)
     dataset = VTAB1k(vtab_root, 'cifar', split='train800', pipeline=PIPELINE)
     assert dataset.task == 'cifar' and dataset.group == 'natural'
-    assert list(dataset.metainfo['classes'][:3]) == ['0', '1', '2'] and len(dataset.metainfo['classes']) == 100
+    classes = list(dataset.metainfo['classes'])
+    assert classes[:3] == ['0', '1', '2'] and len(classes) == 100
     info = dataset.get_data_info(5)
     assert info['gt_label'] == 5 % 4
     assert info['img_path'] == osp.join(vtab_root, 'cifar100', 'images/train800/000005.jpg')

@@ -1,4 +1,5 @@
-# CVPT on VTAB-1k dmlab (6 classes). 200 prompts, lr 0.002 (paper 001).
+# CVPT on VTAB-1k dmlab (6 classes).
+# 200 prompts, lr 0.002 (paper 001).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'dmlab'

@@ -1,4 +1,5 @@
-# CVPT on VTAB-1k oxford_flowers102 (102 classes). 5 prompts, lr 0.002 (paper 001).
+# CVPT on VTAB-1k oxford_flowers102 (102 classes).
+# 5 prompts, lr 0.002 (paper 001).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'oxford_flowers102'

@@ -1,4 +1,5 @@
-# iVPT on VTAB-1k eurosat (10 classes). N = 50 CDC prompts, k = 5 AR prompts (paper 003).
+# iVPT on VTAB-1k eurosat (10 classes).
+# N = 50 CDC prompts, k = 5 AR prompts (paper 003).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'eurosat'

@@ -1,4 +1,5 @@
-# iVPT on VTAB-1k smallnorb_azi (18 classes). N = 50 CDC prompts, k = 10 AR prompts (paper 003).
+# iVPT on VTAB-1k smallnorb_azi (18 classes).
+# N = 50 CDC prompts, k = 10 AR prompts (paper 003).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'smallnorb_azi'

@@ -1,4 +1,5 @@
-# VPT-deep on FGVC nabirds (555 classes). VPT lists no per-task prompt count here: 10 prompts is our default.
+# VPT-deep on FGVC nabirds (555 classes).
+# 10 prompts is our default; VPT tuned the prompt length per task.
 _base_ = ['../_base_/methods/vpt.py', '../_base_/datasets/fgvc.py']
 
 task = 'nabirds'

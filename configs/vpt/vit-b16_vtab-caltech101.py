@@ -1,4 +1,5 @@
-# VPT-deep on VTAB-1k caltech101 (102 classes). VPT lists no per-task prompt count here: 10 prompts is our default.
+# VPT-deep on VTAB-1k caltech101 (102 classes).
+# 10 prompts is our default; VPT tuned the prompt length per task.
 _base_ = ['../_base_/methods/vpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'caltech101'

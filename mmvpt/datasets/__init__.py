@@ -3,4 +3,5 @@
 from .fgvc import FGVC, FGVC_TASKS
 from .vtab import ListFileDataset, VTAB1k, VTAB_SPLITS, VTAB_TASKS, canonical_vtab_task
 
-__all__ = ['FGVC', 'FGVC_TASKS', 'ListFileDataset', 'VTAB1k', 'VTAB_SPLITS', 'VTAB_TASKS', 'canonical_vtab_task']
+__all__ = ['FGVC', 'FGVC_TASKS', 'ListFileDataset', 'VTAB1k', 'VTAB_SPLITS', 'VTAB_TASKS',
+           'canonical_vtab_task']

@@ -52,7 +52,7 @@ def recipe(method, benchmark, task):
     prompt, loader, optimizer, note = {}, {}, {}, ''
     if method == 'vpt':
         prompt = dict(num_tokens=10)
-        note = 'VPT lists no per-task prompt count here: 10 prompts is our default.'
+        note = '10 prompts is our default; VPT tuned the prompt length per task.'
     elif method == 'e2vpt':
         visual, kv = (E2VPT_VTAB.get(task, E2VPT_VTAB_DEFAULT) if benchmark == 'vtab'
                       else E2VPT_FGVC)
@@ -88,8 +88,8 @@ def render(method, benchmark, task):
     dataset = 'task=task'
     if method == 'ivpt':
         dataset += ', pipeline={{_base_.ivpt_train_pipeline}}'
-    lines = [
-        f'# {NAMES[method]} on {title} {task} ({classes} classes). {note}'.rstrip(),
+    lines = [f'# {NAMES[method]} on {title} {task} ({classes} classes).'] + (
+        [f'# {note}'] if note else []) + [
         f"_base_ = ['../_base_/methods/{method}.py', '../_base_/datasets/{dataset_base}.py']",
         '',
         f'task = {task!r}',

@@ -73,10 +73,16 @@ class TunedCheckpointHook(Hook):
                  for k, v in checkpoint.get('state_dict', checkpoint).items()}
         meta = checkpoint.get('meta', {}).get('mmvpt', {})
         self._check(model, state, meta, getattr(runner, '_load_from', None) or 'checkpoint')
-        if meta.get('tuned_only') and not getattr(model, '_is_init', False):
-            # Test path: the runner never initialised the model; the backbone comes from
-            # its init_cfg, the tuned tensors from this checkpoint right after.
-            model.init_weights()
+        if meta.get('tuned_only'):
+            if not getattr(model, '_is_init', False):
+                # Test path: the runner never initialised the model; the backbone comes
+                # from its init_cfg, the tuned tensors from this checkpoint right after.
+                model.init_weights()
+            # The frozen part is what the model holds now: hand it to the loader too, so
+            # the load is complete rather than a warning about every backbone key.
+            target = checkpoint['state_dict']
+            for key, value in model.state_dict().items():
+                target.setdefault(key, value)
 
     @staticmethod
     def _check(model, state, meta, source):
