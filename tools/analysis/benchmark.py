@@ -17,7 +17,7 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
@@ -53,6 +53,22 @@ def build(arch, prompt):
     return model.train()
 
 
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# FlopCounterMode knows the CUDA attention kernels but not the CPU one, so on CPU the
+# attention itself would count as free.
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
+
+
 def train_step(model, optimizer, img, target):
     loss = nn.functional.cross_entropy(model(img), target)
     loss.backward()
@@ -66,7 +82,7 @@ def measure(model, batch, device, steps):
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     img = torch.randn(batch, 3, 224, 224, device=device)
     target = torch.randint(0, 100, (batch, ), device=device)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
         train_step(model, optimizer, img, target)
     flops = counter.get_total_flops()
     saved = [0]
