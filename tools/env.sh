@@ -19,25 +19,30 @@ _mmvpt_hash() {
 
 _mmvpt_build_env() {
     local env="$1" req="$_mmvpt_root/requirements" log="$1.log"
-    echo "[mmvpt] building the environment in $env (about 15 minutes on 2 cores; log: $log)" >&2
+    echo "[mmvpt] building the environment in $env (about 20 minutes on 2 cores; log: $log)" >&2
     rm -rf "$env"
     mkdir -p "$(dirname "$env")"
+    # Every step ends in `|| exit`: `set -e` would be ignored here whenever a caller tests
+    # this function's status (`mmvpt_ensure_env && ...`), and a half-built environment must
+    # never be marked complete.
     (
-        set -e
-        "$_mmvpt_python" -m venv "$env"
+        "$_mmvpt_python" -m venv "$env" || exit
         local pip=("$env/bin/python" -m pip install --no-input --progress-bar off)
-        "${pip[@]}" --upgrade pip
-        "${pip[@]}" -r "$req/build.txt"
-        "${pip[@]}" -r "$req/torch.txt" -c "$req/build.txt"
+        "${pip[@]}" --upgrade pip || exit
+        "${pip[@]}" -r "$req/build.txt" || exit
+        "${pip[@]}" -r "$req/torch.txt" -c "$req/build.txt" || exit
         # mmcv's ops compile against the torch just installed, so no build isolation; its
         # wheel would be cached by pip without regard to the torch version, so never cache it.
         MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" FORCE_CUDA=0 \
-            "${pip[@]}" --no-build-isolation --no-cache-dir -r "$req/mmcv.txt" -c "$req/build.txt" -c "$req/torch.txt"
-        "${pip[@]}" -r "$req/runtime.txt" -r "$req/tests.txt" -c "$req/build.txt" -c "$req/torch.txt" -c "$req/mmcv.txt"
+            "${pip[@]}" --no-build-isolation --no-cache-dir -r "$req/mmcv.txt" \
+            -c "$req/build.txt" -c "$req/torch.txt" || exit
+        "${pip[@]}" -r "$req/runtime.txt" -r "$req/tests.txt" -c "$req/build.txt" \
+            -c "$req/torch.txt" -c "$req/mmcv.txt" || exit
         # mmcv/mmengine pull opencv-python, which needs libGL; machines without a display lack it.
-        "$env/bin/python" -m pip uninstall -y opencv-python >/dev/null 2>&1 || true
-        "${pip[@]}" --force-reinstall --no-deps "opencv-python-headless>=4.10,<5"
-        "$env/bin/python" -c 'import torch, torchvision, mmcv.ops, mmengine, mmpretrain, mmseg, timm, cv2'
+        "$env/bin/python" -m pip uninstall -y opencv-python >/dev/null 2>&1
+        "${pip[@]}" --force-reinstall --no-deps "opencv-python-headless>=4.10,<5" || exit
+        "$env/bin/python" -c 'import torch, torchvision, mmcv.ops, mmengine, mmpretrain, mmseg, timm, cv2' \
+            || exit
         touch "$env/.complete"
     ) >"$log" 2>&1
     local rc=$?
