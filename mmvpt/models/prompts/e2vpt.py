@@ -71,7 +71,7 @@ class E2VPT(PromptMethod):
             if not share_kv:
                 self.v_prompts = nn.Parameter(torch.empty_like(self.kv_prompts))
         self.reset_parameters()
-        self._kept_cache = (None, None)
+        self._mask_cache = (None, None)
 
     def reset_parameters(self):
         """Fresh random prompts (VPT's uniform for visual, He uniform with
@@ -103,26 +103,26 @@ class E2VPT(PromptMethod):
             return segment_mask.repeat_interleave(repeats, dim=-1)
         return segment_mask.repeat(*([1] * (segment_mask.dim() - 1)), repeats)
 
-    def kept_tokens(self):
-        """Per block, the indices of kept visual prompts (None when no token is pruned).
-        Cached until the mask changes, so the forward does not sync on it every step."""
-        key = (id(self.token_mask), self.token_mask._version, self.token_mask.device)
-        if self._kept_cache[0] != key:
-            mask = self.token_mask.detach().bool()
-            kept = None
-            if not bool(mask.all()):
-                kept = [row.nonzero().flatten() for row in mask]
-            self._kept_cache = (key, kept)
-        return self._kept_cache[1]
+    def _mask_state(self):
+        """(kept token indices per block or None, any token pruned, any segment pruned),
+        cached until a mask changes, so the forward does not sync on the masks every step."""
+        key = tuple((id(m), m._version, m.device) for m in (self.token_mask, self.segment_mask))
+        if self._mask_cache[0] != key:
+            tokens = self.token_mask.detach().bool()
+            tokens_pruned = not bool(tokens.all())
+            kept = [row.nonzero().flatten() for row in tokens] if tokens_pruned else None
+            self._mask_cache = (key, (kept, tokens_pruned, not bool(self.segment_mask.all())))
+        return self._mask_cache[1]
 
     def start(self, batch_size):
         ctx = super().start(batch_size)
         if self.prompts is None:
             return ctx
+        kept, tokens_pruned, segments_pruned = self._mask_state()
         scoring_tokens = self.token_mask.requires_grad
-        ctx.kept = self.kept_tokens() if self.prune_mode == 'remove' and not scoring_tokens else None
-        ctx.mask_tokens = ctx.kept is None and (scoring_tokens or not bool(self.token_mask.all()))
-        ctx.mask_segments = self.segment_mask.requires_grad or not bool(self.segment_mask.all())
+        ctx.kept = kept if self.prune_mode == 'remove' and not scoring_tokens else None
+        ctx.mask_tokens = ctx.kept is None and (scoring_tokens or tokens_pruned)
+        ctx.mask_segments = self.segment_mask.requires_grad or segments_pruned
         return ctx
 
     # -- extension points ---------------------------------------------------------------
