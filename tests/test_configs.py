@@ -25,6 +25,12 @@ TINY = {
     'model.backbone.init_cfg': None,
     'model.head.in_channels': 32,
 }
+TINY_SWIN = {
+    'model.backbone.arch_cfg': dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4),
+    'model.backbone.img_size': 32,
+    'model.backbone.init_cfg': None,
+    'model.head.in_channels': 32,
+}
 SIZES = {224: 32, 256: 36}
 
 
@@ -44,6 +50,8 @@ def tiny(cfg, data_root=None):
         return cfg
     if cfg.model.backbone.get('type') == 'mmvpt.PromptedViT':
         cfg.merge_from_dict(TINY)
+    elif cfg.model.backbone.get('type') == 'mmvpt.PromptedSwin':
+        cfg.merge_from_dict(TINY_SWIN)
     for split in ('train', 'val', 'test'):
         loader = cfg[f'{split}_dataloader']
         loader.update(batch_size=16, num_workers=0, persistent_workers=False)
@@ -59,7 +67,7 @@ def test_generated_configs_are_up_to_date():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     generated = module.all_configs()
-    assert len(generated) == 6 * 24
+    assert len(generated) == 6 * 24 * 2  # ViT-B and Swin-B
     for path, text in generated.items():
         with open(osp.join(ROOT, 'configs', path)) as f:
             assert f.read() == text, f'{path} differs from tools/misc/generate_configs.py'
@@ -69,7 +77,7 @@ def test_every_config_builds():
     """Classification configs here; the SETR ones build and train in tests/test_seg.py."""
     from mmpretrain.registry import MODELS
     classification = [p for p in CONFIGS if not osp.basename(p).startswith('setr_')]
-    assert len(classification) >= 6 * 24
+    assert len(classification) >= 6 * 24 * 2
     for path in classification:
         cfg = tiny(prepare_config(path))
         model = MODELS.build(cfg.model)
@@ -98,6 +106,17 @@ def test_recipes_follow_the_papers():
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['head.fc.bias'].decay_mult == 0
     assert load('linear/vit-b16_fgvc-nabirds.py').model.backbone.prompt is None
     assert load('full/vit-b16_vtab-cifar.py').model.backbone.frozen is False
+    # Swin-B: the ViT-B recipe of the task, the backbone swapped
+    cfg = load('cvpt/swin-b_vtab-dmlab.py')
+    assert (cfg.model.backbone.type, cfg.model.backbone.arch) == ('mmvpt.PromptedSwin',
+                                                                  'swin_base_patch4_window7_224')
+    assert cfg.model.backbone.prompt.num_tokens == 200 and cfg.optim_wrapper.optimizer.lr == 2e-3
+    assert cfg.model.head.in_channels == 1024 and cfg.model.head.num_classes == 6
+    cfg = load('e2vpt/swin-b_vtab-caltech101.py')
+    assert (cfg.model.backbone.prompt.num_tokens, cfg.train_dataloader.batch_size,
+            cfg.optim_wrapper.optimizer.lr) == (32, 80, 2.5 * 80 / 256)
+    assert load('ivpt/swin-b_fgvc-cub.py').model.backbone.prompt.num_ar_tokens == 0
+    assert load('full/swin-b_vtab-cifar.py').model.backbone.frozen is False
 
 
 @pytest.fixture(scope='module')
@@ -108,10 +127,11 @@ def data(tmp_path_factory):
     return dict(vtab=str(root / 'vtab'), fgvc=str(root / 'fgvc'))
 
 
-@pytest.mark.parametrize('benchmark,task', [('vtab', 'cifar'), ('fgvc', 'cub')])
+@pytest.mark.parametrize('arch,benchmark,task', [('vit-b16', 'vtab', 'cifar'), ('vit-b16', 'fgvc', 'cub'),
+                                               ('swin-b', 'vtab', 'cifar')])
 @pytest.mark.parametrize('method', METHODS)
-def test_one_iteration_and_evaluation(method, benchmark, task, data, tmp_path):
-    cfg = tiny(prepare_config(osp.join(ROOT, f'configs/{method}/vit-b16_{benchmark}-{task}.py'),
+def test_one_iteration_and_evaluation(method, arch, benchmark, task, data, tmp_path):
+    cfg = tiny(prepare_config(osp.join(ROOT, f'configs/{method}/{arch}_{benchmark}-{task}.py'),
                               work_dir=str(tmp_path)), data[benchmark])
     cfg.train_cfg.update(max_epochs=1, val_interval=1)
     for hook in cfg.custom_hooks:
@@ -131,9 +151,13 @@ def test_one_iteration_and_evaluation(method, benchmark, task, data, tmp_path):
     if method not in ('linear', 'full'):
         assert any(n.startswith('backbone.prompt.') for n in changed)
     if method == 'full':
-        assert any(n.startswith('backbone.vit.') for n in changed)
+        timm_model = dict(vit_b16='vit', swin_b='swin')[arch.replace('-', '_')]
+        assert any(n.startswith(f'backbone.{timm_model}.') for n in changed)
     if method == 'e2vpt':
-        assert runner.model.backbone.prompt.token_mask.sum() < runner.model.backbone.prompt.token_mask.numel()
+        token_mask = runner.model.backbone.prompt.token_mask
+        first_stage = 2 if arch == 'swin-b' else len(token_mask)  # Swin: pruning in stage 1 only
+        assert token_mask[:first_stage].sum() < token_mask[:first_stage].numel()
+        assert token_mask[first_stage:].all()
     metrics = runner.test()
     assert 'accuracy/top1' in metrics
 

@@ -1,5 +1,7 @@
 """Writes configs/<method>/vit-b16_{vtab,fgvc}-<task>.py from the per-task recipes of
-PROTOCOLS.md (prompt counts, lr, batch). The files are committed; tests check they match.
+PROTOCOLS.md (prompt counts, lr, batch), and configs/<method>/swin-b_{vtab,fgvc}-<task>.py,
+each inheriting the ViT-B config of its task with the backbone swapped for Swin-B. The files
+are committed; tests check they match.
 
     python tools/misc/generate_configs.py [--out configs]
 """
@@ -105,6 +107,33 @@ def render(method, benchmark, task):
     return '\n'.join(lines) + '\n'
 
 
+SWIN_BACKBONE = ("type='mmvpt.PromptedSwin', arch='swin_base_patch4_window7_224',\n"
+                 "    init_cfg=dict(type='Pretrained',\n"
+                 "                  checkpoint='pretrained/swin_base_patch4_window7_224_22k.pth')")
+# E2VPT's Swin batch (paper 002), with VPT's lr scaling (base 2.5 x batch / 256).
+E2VPT_SWIN_BATCH = 80
+
+
+def render_swin(method, benchmark, task):
+    """Swin-B on the task: the ViT-B config's recipe, the backbone swapped."""
+    title = 'VTAB-1k' if benchmark == 'vtab' else 'FGVC'
+    lines = [f'# {NAMES[method]} on {title} {task} with Swin-B ImageNet-22k; the recipe of the '
+             'ViT-B config.']
+    backbone = SWIN_BACKBONE
+    if method == 'ivpt':
+        lines.append('# iVPT: no attentive reinforcement, which needs a CLS token (Swin has none).')
+        backbone += ',\n    prompt=dict(num_ar_tokens=0)'
+    elif method == 'e2vpt':
+        lines.append(f'# E2VPT: batch {E2VPT_SWIN_BATCH} on Swin (paper 002), lr 2.5 x batch / 256; '
+                     'pruning reaches the first stage only.')
+    lines += [f"_base_ = ['./vit-b16_{benchmark}-{task}.py']", '',
+              f'model = dict(backbone=dict(\n    {backbone}),\n    head=dict(in_channels=1024))']
+    if method == 'e2vpt':
+        lines += [f'train_dataloader = dict(batch_size={E2VPT_SWIN_BATCH})',
+                  f'optim_wrapper = dict(optimizer=dict(lr={2.5 * E2VPT_SWIN_BATCH / 256!r}))']
+    return '\n'.join(lines) + '\n'
+
+
 def all_configs():
     """{relative path: text} of every generated config."""
     configs = {}
@@ -112,6 +141,7 @@ def all_configs():
         for benchmark, tasks in (('vtab', VTAB_CLASSES), ('fgvc', FGVC_CLASSES)):
             for task in tasks:
                 configs[f'{method}/vit-b16_{benchmark}-{task}.py'] = render(method, benchmark, task)
+                configs[f'{method}/swin-b_{benchmark}-{task}.py'] = render_swin(method, benchmark, task)
     return configs
 
 

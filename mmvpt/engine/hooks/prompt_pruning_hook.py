@@ -43,7 +43,8 @@ class PromptPruningHook(Hook):
     ``'signed'`` drops the absolute value as the official code does), taken at rho = 1 over
     one pass of the training data and all-reduced over ranks, so every rank prunes the same
     tokens. The lowest ``token_fraction`` are pruned per block (``scope='block'``) or with
-    one mask for all blocks (``'shared'``, official code), at least one token staying. Then
+    one mask for all blocks (``'shared'``, official code), at least one token staying; only
+    the method's ``prunable_layers`` are pruned (all of a ViT, the first stage of a Swin). Then
     segments of the kept tokens are scored the same way on the token-pruned model and the
     lowest ``segment_fraction`` pruned (cascade). Rewinding: the tuned tensors go back to
     their values at the start of training (``rewind='init'``) or the prompts get a fresh
@@ -130,13 +131,16 @@ class PromptPruningHook(Hook):
         result = {}
         token_scores = self._scores(runner, [m.token_mask for _, m in methods])
         for (name, method), scores in zip(methods, token_scores):
-            ranked = scores.mean(0, keepdim=True).expand_as(scores) if self.scope == 'shared' else scores
-            method.token_mask.copy_(keep_top(ranked, self.token_fraction))
             result[name] = dict(token_scores=scores.tolist())
+            scores = scores[method.prunable_layers]  # Swin: first stage only
+            ranked = scores.mean(0, keepdim=True).expand_as(scores) if self.scope == 'shared' else scores
+            method.token_mask[method.prunable_layers] = keep_top(ranked, self.token_fraction)
         if self.segment_fraction is not None:
             segment_scores = self._scores(runner, [m.segment_mask for _, m in methods])
             for (name, method), scores in zip(methods, segment_scores):
-                kept = method.token_mask.bool().unsqueeze(-1).expand_as(scores)
+                result[name]['segment_scores'] = scores.tolist()
+                scores = scores[method.prunable_layers]
+                kept = method.token_mask[method.prunable_layers].bool().unsqueeze(-1).expand_as(scores)
                 ranked = scores.mean(0, keepdim=True).expand_as(scores) if self.scope == 'shared' else scores
                 # Each kept token keeps its best segment; pruned tokens have none to lose.
                 best = torch.zeros_like(kept).scatter_(-1, ranked.argmax(-1, keepdim=True), True)
@@ -145,8 +149,7 @@ class PromptPruningHook(Hook):
                 prune = min(math.floor(self.segment_fraction * num_kept), num_kept - num_tokens)
                 lowest = ranked.masked_fill(protected, float('inf')).flatten(1).argsort(-1)[:, :prune]
                 mask = kept.float().flatten(1).scatter_(-1, lowest, 0.).view_as(ranked)
-                method.segment_mask.copy_(mask)
-                result[name]['segment_scores'] = scores.tolist()
+                method.segment_mask[method.prunable_layers] = mask
         for name, method in methods:
             result[name].update(
                 kept_tokens=[row.nonzero().flatten().tolist() for row in method.token_mask],

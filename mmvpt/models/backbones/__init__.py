@@ -1,3 +1,4 @@
+from .prompted_swin import PromptedSwin
 from .prompted_vit import PromptedViT
 
-__all__ = ['PromptedViT']
+__all__ = ['PromptedSwin', 'PromptedViT']

@@ -8,6 +8,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from mmvpt.registry import MODELS
 from ..utils.attention import self_attention
+from ..utils.block import residual_block
 from ..utils.vit_checkpoint import load_vit_pretrained
 
 OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap')
@@ -83,10 +84,8 @@ class PromptedViT(BaseModule):
             attn = vit.blocks[0].attn
             self.prompt = MODELS.build(prompt, default_args=dict(
                 num_layers=self.num_layers, embed_dim=self.embed_dims, num_heads=attn.num_heads,
-                patch_size=vit.patch_embed.patch_size[0], qkv_bias=attn.qkv.bias is not None))
-            if self.prompt.wants_cls_attention(0) and vit.cls_token is None:
-                raise ValueError(f'{type(self.prompt).__name__} attentive reinforcement needs a '
-                                 f'CLS token, which {arch} lacks; set num_ar_tokens=0')
+                patch_size=vit.patch_embed.patch_size[0], qkv_bias=attn.qkv.bias is not None,
+                has_cls_token=vit.cls_token is not None))
 
     @staticmethod
     def _check_supported(arch, vit):
@@ -149,29 +148,20 @@ class PromptedViT(BaseModule):
             return block(x)
         kv = method.kv(ctx, index)
         want_row = method.wants_cls_attention(index)
-        pos = method.insert
-        attn = block.attn
+        rows = []
 
-        def ca(h):
-            return method.cross_attend(ctx, index, h, attn)
+        def attention(h):
+            sa, row = self_attention(block.attn, block.norm1(h), kv, method.kv_first, want_row)
+            rows.append(row)
+            return block.drop_path1(block.ls1(sa))
 
-        if pos == 1:
-            x = x + ca(x)
-        sa, row = self_attention(attn, block.norm1(x), kv, method.kv_first, want_row)
-        sa = block.drop_path1(block.ls1(sa))
-        x = x + sa + ca(x) if pos == 2 else x + sa
-        if pos == 3:
-            x = x + ca(x)
-        h = block.norm2(x)
-        if pos == 4:
-            h = h + ca(x)
-        x = x + block.drop_path2(block.ls2(block.mlp(h)))
-        if pos == 5:
-            x = x + ca(x)
+        x = residual_block(
+            x, attention, block.norm2, lambda h: block.drop_path2(block.ls2(block.mlp(h))),
+            lambda h: method.cross_attend(ctx, index, h, block.attn), method.insert)
         if want_row:
             image_start = self.vit.num_prefix_tokens + num_prompts
             key_start = image_start + (kv[0].shape[-2] if kv is not None and method.kv_first else 0)
-            x = method.after_block(ctx, index, x, row[:, key_start:key_start + x.shape[1] - image_start],
+            x = method.after_block(ctx, index, x, rows[0][:, key_start:key_start + x.shape[1] - image_start],
                                    image_start)
         return x
 

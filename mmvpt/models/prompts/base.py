@@ -31,25 +31,78 @@ DROPOUT_MODES = ('sample', 'batch')
 class PromptMethod(nn.Module):
     """No-op defaults of every extension point; a method overrides what it uses.
 
+    A backbone may change width between stages (Swin). Per-layer tensors are then kept as
+    one parameter per stage: :meth:`stage_parameter` makes them and :meth:`at` reads layer
+    l's slice, so a method is written once for ViT (one stage, one ``(L, ...)`` tensor, as
+    ever) and Swin.
+
     Args:
         num_layers: blocks of the backbone (L).
-        embed_dim: token width (D).
-        num_heads: attention heads (H).
+        embed_dim: token width (D): an int, or one per block.
+        num_heads: attention heads (H): an int, or one per block.
         patch_size: backbone patch size, for VPT's init bound.
         qkv_bias: whether the backbone's qkv projection has a bias.
+        has_cls_token: whether the backbone has a CLS token (iVPT's attentive
+            reinforcement needs one).
     """
     #: where a cross-attention branch joins the block (1..5), or None for no branch
     insert = None
     #: E²VPT key-value prompts go before (True) or after (False) the token keys
     kv_first = True
+    #: the outputs of block l's prompt tokens enter block l + 1 (VPT-shallow). Otherwise
+    #: each block's prompts replace the previous ones, so their outputs are never used.
+    carries_prompts = False
 
-    def __init__(self, num_layers, embed_dim, num_heads, patch_size=16, qkv_bias=True):
+    def __init__(self, num_layers, embed_dim, num_heads, patch_size=16, qkv_bias=True,
+                 has_cls_token=True):
         super().__init__()
         self.num_layers = num_layers
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
+        self.layer_dims = _per_layer('embed_dim', embed_dim, num_layers)
+        self.layer_heads = _per_layer('num_heads', num_heads, num_layers)
+        #: [(first layer, end layer)] of runs of blocks with the same width and heads
+        self.stages = []
+        for layer, shape in enumerate(zip(self.layer_dims, self.layer_heads)):
+            if layer and shape == (self.layer_dims[layer - 1], self.layer_heads[layer - 1]):
+                self.stages[-1] = (self.stages[-1][0], layer + 1)
+            else:
+                self.stages.append((layer, layer + 1))
+        self.embed_dim = self.layer_dims[0]
+        self.num_heads = self.layer_heads[0]
         self.patch_size = patch_size if isinstance(patch_size, int) else patch_size[0]
         self.qkv_bias = qkv_bias
+        self.has_cls_token = has_cls_token
+
+    # -- per-layer tensors of stage widths -----------------------------------------------------
+    def stage_parameter(self, shape, init):
+        """Per-layer tensors of shape ``shape(dim, heads)``: one ``(L, *shape)`` parameter
+        for a single-width backbone, else an ``nn.ParameterList`` with one
+        ``(L_stage, *shape)`` parameter per stage. ``init(tensor, dim)`` fills each."""
+        tensors = []
+        for start, end in self.stages:
+            t = torch.empty(end - start, *shape(self.layer_dims[start], self.layer_heads[start]))
+            init(t, self.layer_dims[start])
+            tensors.append(nn.Parameter(t))
+        return tensors[0] if len(tensors) == 1 else nn.ParameterList(tensors)
+
+    def stage_of(self, layer):
+        """(stage index, index of the layer within its stage)."""
+        for index, (start, end) in enumerate(self.stages):
+            if start <= layer < end:
+                return index, layer - start
+        raise IndexError(f'layer {layer} of {self.num_layers}')
+
+    def at(self, param, layer):
+        """Layer ``layer``'s slice of a :meth:`stage_parameter` (or of a list of per-stage
+        tensors)."""
+        if isinstance(param, (nn.ParameterList, list)):
+            stage, index = self.stage_of(layer)
+            return param[stage][index]
+        return param[layer]
+
+    @staticmethod
+    def stage_tensors(param):
+        """The per-stage tensors of a :meth:`stage_parameter` (one for ViT)."""
+        return list(param) if isinstance(param, nn.ParameterList) else [param]
 
     def start(self, batch_size):
         """Per-forward values shared by every block call, passed back to them as ``ctx``."""
@@ -77,9 +130,25 @@ class PromptMethod(nn.Module):
         return f'num_layers={self.num_layers}, embed_dim={self.embed_dim}'
 
 
+def _per_layer(name, value, num_layers):
+    values = (value, ) * num_layers if isinstance(value, int) else tuple(value)
+    if len(values) != num_layers:
+        raise ValueError(f'{name}={value!r}: need one value per block ({num_layers})')
+    return values
+
+
 def vpt_init_bound(patch_size, dim):
     """VPT's uniform init bound sqrt(6 / (3 * patch^2 + D)): 0.0625 for ViT-B/16."""
     return math.sqrt(6. / float(3 * patch_size * patch_size + dim))
+
+
+def vpt_uniform(patch_size, width=None):
+    """A :meth:`PromptMethod.stage_parameter` init: VPT's uniform(-v, v), v from each
+    stage's width (or ``width``)."""
+    def init(tensor, dim):
+        bound = vpt_init_bound(patch_size, width or dim)
+        nn.init.uniform_(tensor, -bound, bound)
+    return init
 
 
 def check_choices(owner, **options):

@@ -7,7 +7,7 @@ from timm.layers import Attention
 from mmvpt.registry import MODELS
 from ..utils.attention import cross_attention
 from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
-                   uniform_prompts, vpt_init_bound)
+                   vpt_uniform)
 
 INSERT_POSITIONS = (1, 2, 3, 4, 5)
 CA_INITS = ('shared', 'random')
@@ -55,17 +55,16 @@ class CVPT(PromptMethod):
         self.ca_init = ca_init
         self.ca_trainable = ca_trainable
 
-        L, D = self.num_layers, self.embed_dim
-        if init == 'xavier':
-            self.prompts = nn.Parameter(torch.empty(L, num_tokens, D))
-            nn.init.xavier_uniform_(self.prompts)  # bound sqrt(6 / (D * (P + L)))
-        else:
-            self.prompts = uniform_prompts((L, num_tokens, D), vpt_init_bound(self.patch_size, D))
+        # xavier_uniform over each stage's whole (L, P, D) tensor: bound sqrt(6 / (D * (P + L)))
+        self.prompts = self.stage_parameter(
+            lambda dim, heads: (num_tokens, dim),
+            (lambda t, dim: nn.init.xavier_uniform_(t)) if init == 'xavier' else vpt_uniform(self.patch_size))
 
         self.cross_attn = None
         if self.owns_cross_attention:
             self.cross_attn = nn.ModuleList(
-                Attention(D, self.num_heads, qkv_bias=self.qkv_bias) for _ in range(L))
+                Attention(dim, heads, qkv_bias=self.qkv_bias)
+                for dim, heads in zip(self.layer_dims, self.layer_heads))
             self.cross_attn.requires_grad_(ca_trainable)
 
     @property
@@ -80,10 +79,14 @@ class CVPT(PromptMethod):
             return
         with torch.no_grad():
             for ca, block in zip(self.cross_attn, blocks):
-                ca.load_state_dict(block.attn.state_dict())
+                if type(ca) is type(block.attn):
+                    ca.load_state_dict(block.attn.state_dict())
+                else:  # Swin's window attention: the projections (no position bias)
+                    ca.qkv.load_state_dict(block.attn.qkv.state_dict())
+                    ca.proj.load_state_dict(block.attn.proj.state_dict())
 
     def cross_attend(self, ctx, layer, x, attn):
-        prompts = drop_prompts(self.prompts[layer], ctx.batch_size, self.dropout,
+        prompts = drop_prompts(self.at(self.prompts, layer), ctx.batch_size, self.dropout,
                                self.dropout_mode, self.training)
         ca = attn if self.cross_attn is None else self.cross_attn[layer]
         return cross_attention(ca, x, prompts)

@@ -7,6 +7,10 @@ from mmvpt.registry import MODELS
 from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
                    vpt_init_bound)
 
+def _no_init(tensor, dim):
+    """``reset_parameters`` fills the prompts."""
+
+
 PRUNE_MODES = ('remove', 'mask')
 SEGMENT_LAYOUTS = ('contiguous', 'interleaved')
 KV_LOCATIONS = ('before', 'after')
@@ -45,10 +49,11 @@ class E2VPT(PromptMethod):
         check_choices('E2VPT', kv_location=(kv_location, KV_LOCATIONS),
                       segment_layout=(segment_layout, SEGMENT_LAYOUTS),
                       prune_mode=(prune_mode, PRUNE_MODES))
+        widths = sorted(set(self.layer_dims))
         if num_tokens and (not isinstance(num_segments, int) or num_segments < 1
-                           or self.embed_dim % num_segments):
-            raise ValueError(f'E2VPT num_segments={num_segments!r}: must divide the token width '
-                             f'{self.embed_dim}')
+                           or any(width % num_segments for width in widths)):
+            raise ValueError(f'E2VPT num_segments={num_segments!r}: must divide the token width'
+                             f'{"s" if len(widths) > 1 else ""} {", ".join(map(str, widths))}')
         self.num_tokens = num_tokens
         self.num_kv_tokens = num_kv_tokens
         self.share_kv = share_kv
@@ -60,16 +65,21 @@ class E2VPT(PromptMethod):
         self.segment_layout = segment_layout
         self.prune_mode = prune_mode
 
-        L, D = self.num_layers, self.embed_dim
-        head_dim = self.embed_dim // self.num_heads
-        self.prompts = nn.Parameter(torch.empty(L, num_tokens, D)) if num_tokens else None
+        L = self.num_layers
+        # Pruning reaches the first stage only (all of a ViT; Swin's deeper windows lost
+        # accuracy in the paper); the masks of later layers stay all ones.
+        self.prunable_layers = slice(*self.stages[0])
+        self.prompts = self.stage_parameter(lambda dim, heads: (num_tokens, dim), _no_init) \
+            if num_tokens else None
         self.register_buffer('token_mask', torch.ones(L, num_tokens))
         self.register_buffer('segment_mask', torch.ones(L, num_tokens, num_segments))
         self.kv_prompts = self.v_prompts = None
         if num_kv_tokens:
-            self.kv_prompts = nn.Parameter(torch.empty(L, self.num_heads, num_kv_tokens, head_dim))
+            def kv_shape(dim, heads):
+                return heads, num_kv_tokens, dim // heads
+            self.kv_prompts = self.stage_parameter(kv_shape, _no_init)
             if not share_kv:
-                self.v_prompts = nn.Parameter(torch.empty_like(self.kv_prompts))
+                self.v_prompts = self.stage_parameter(kv_shape, _no_init)
         self.reset_parameters()
         self._mask_cache = (None, None)
 
@@ -78,11 +88,13 @@ class E2VPT(PromptMethod):
         fan_in = L_kv * d for key-value prompts); masks are left as they are."""
         with torch.no_grad():
             if self.prompts is not None:
-                bound = vpt_init_bound(self.patch_size, self.embed_dim)
-                self.prompts.uniform_(-bound, bound)
+                for prompts in self.stage_tensors(self.prompts):
+                    bound = vpt_init_bound(self.patch_size, prompts.shape[-1])
+                    prompts.uniform_(-bound, bound)
             for kv in (self.kv_prompts, self.v_prompts):
-                for block_prompts in ([] if kv is None else kv):
-                    nn.init.kaiming_uniform_(block_prompts)
+                for stage in ([] if kv is None else self.stage_tensors(kv)):
+                    for block_prompts in stage:
+                        nn.init.kaiming_uniform_(block_prompts)
 
     @property
     def prunable(self):
@@ -92,13 +104,16 @@ class E2VPT(PromptMethod):
         """Prompt elements that pruning took away (tokens, then segments of kept tokens)."""
         if self.prompts is None:
             return 0
-        dims = self.expand_segments(self.segment_mask) * self.token_mask.unsqueeze(-1)
-        return int(dims.numel() - dims.sum().item())
+        total = 0
+        for layer in range(self.num_layers):
+            dims = self.expand_segments(self.segment_mask[layer], layer) * self.token_mask[layer, :, None]
+            total += dims.numel() - int(dims.sum().item())
+        return total
 
     # -- pruning state -------------------------------------------------------------------
-    def expand_segments(self, segment_mask):
-        """(..., P, R) segment mask -> (..., P, D) mask over prompt dims."""
-        repeats = self.embed_dim // self.num_segments
+    def expand_segments(self, segment_mask, layer):
+        """(..., P, R) segment mask -> (..., P, D) mask over layer ``layer``'s prompt dims."""
+        repeats = self.layer_dims[layer] // self.num_segments
         if self.segment_layout == 'contiguous':
             return segment_mask.repeat_interleave(repeats, dim=-1)
         return segment_mask.repeat(*([1] * (segment_mask.dim() - 1)), repeats)
@@ -129,20 +144,20 @@ class E2VPT(PromptMethod):
     def tokens(self, ctx, layer):
         if self.prompts is None:
             return None
-        prompts, segments = self.prompts[layer], self.segment_mask[layer]
+        prompts, segments = self.at(self.prompts, layer), self.segment_mask[layer]
         if ctx.kept is not None:
             prompts, segments = prompts[ctx.kept[layer]], segments[ctx.kept[layer]]
         elif ctx.mask_tokens:
             prompts = prompts * self.token_mask[layer].unsqueeze(-1)
         if ctx.mask_segments:
-            prompts = prompts * self.expand_segments(segments)
+            prompts = prompts * self.expand_segments(segments, layer)
         return drop_prompts(prompts, ctx.batch_size, self.dropout, self.dropout_mode, self.training)
 
     def kv(self, ctx, layer):
         if self.kv_prompts is None:
             return None
-        keys = self.kv_prompts[layer]
-        values = keys if self.v_prompts is None else self.v_prompts[layer]
+        keys = self.at(self.kv_prompts, layer)
+        values = keys if self.v_prompts is None else self.at(self.v_prompts, layer)
         return keys, values
 
     def extra_repr(self):

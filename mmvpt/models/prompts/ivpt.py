@@ -1,11 +1,14 @@
 """iVPT (paper 003): cross-layer dynamic connection (CDC) with dynamic aggregation (DA) of
 VPT-deep prompts, and attentive reinforcement (AR) of the most attended image tokens."""
+import logging
+
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 
 from mmvpt.registry import MODELS
 from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
-                   uniform_prompts, vpt_init_bound)
+                   uniform_prompts, vpt_init_bound, vpt_uniform)
 
 DA_INITS = ('identity', 'zeros')
 AR_INITS = ('vpt', 'zeros')
@@ -21,12 +24,15 @@ class IVPT(PromptMethod):
     over all keys, mean over heads) get k learnable vectors added, in descending order.
 
     Parameters, ViT-B with N = k = 10: CDC (L, N, D) 92,160; DA (L-1, N, N) 1,100;
-    AR (L-1, k, D) 84,480.
+    AR (L-1, k, D) 84,480. On Swin, prompts have their stage's width and a stage's first
+    block takes no connection from the previous stage (another width), so DA has
+    sum(depth_s - 1) matrices; AR needs a CLS token, which Swin lacks, so it is off there.
 
     Args:
         num_tokens: N, prompts per block.
         num_ar_tokens: k, reinforced image tokens per block; 0 switches AR off (as for
-            segmentation, or a backbone without CLS token).
+            segmentation). A backbone without CLS token (Swin) switches it off too, and
+            says so in the log.
         dynamic_aggregation: learn Γ (True) or fix it to the identity (plain CDC).
         da_init: ``'identity'`` (training starts from plain CDC) or ``'zeros'``.
         ar_init: AR vectors' init, ``'vpt'`` (VPT's uniform) or ``'zeros'``; the paper
@@ -50,28 +56,41 @@ class IVPT(PromptMethod):
         self.dropout_mode = dropout_mode
 
         L, N, D = self.num_layers, num_tokens, self.embed_dim
-        bound = vpt_init_bound(self.patch_size, D)
-        self.prompts = uniform_prompts((L, N, D), bound)
+        self.prompts = self.stage_parameter(lambda dim, heads: (N, dim), vpt_uniform(self.patch_size))
+        # Γ between adjacent blocks of the same stage
+        num_connections = sum(end - start - 1 for start, end in self.stages)
         self.aggregation = None
-        if dynamic_aggregation and L > 1:
+        if dynamic_aggregation and num_connections:
             start = torch.eye(N) if da_init == 'identity' else torch.zeros(N, N)
-            self.aggregation = nn.Parameter(start.repeat(L - 1, 1, 1))
+            self.aggregation = nn.Parameter(start.repeat(num_connections, 1, 1))
+        if num_ar_tokens and not self.has_cls_token:
+            print_log(f'IVPT: attentive reinforcement needs a CLS token, which this backbone '
+                      f'lacks; num_ar_tokens={num_ar_tokens} is ignored (AR off)',
+                      logger='current', level=logging.WARNING)
+            self.num_ar_tokens = num_ar_tokens = 0
         self.ar_prompts = None
         if num_ar_tokens and L > 1:
+            bound = vpt_init_bound(self.patch_size, D)
             self.ar_prompts = (uniform_prompts((L - 1, num_ar_tokens, D), bound)
                                if ar_init == 'vpt' else nn.Parameter(torch.zeros(L - 1, num_ar_tokens, D)))
 
     def start(self, batch_size):
         ctx = super().start(batch_size)
         # The mixing is the same for every sample: once per forward, all blocks at once.
-        previous = self.prompts[:-1]
-        if self.aggregation is not None:
-            previous = torch.matmul(self.aggregation, previous)
-        ctx.prompts = torch.cat([self.prompts[:1], self.prompts[1:] + previous], dim=0)
+        ctx.prompts = []
+        first_connection = 0
+        for prompts in self.stage_tensors(self.prompts):
+            previous = prompts[:-1]
+            if self.aggregation is not None:
+                count = previous.shape[0]
+                gamma = self.aggregation[first_connection:first_connection + count]
+                previous = torch.matmul(gamma, previous)
+                first_connection += count
+            ctx.prompts.append(torch.cat([prompts[:1], prompts[1:] + previous], dim=0))
         return ctx
 
     def tokens(self, ctx, layer):
-        return drop_prompts(ctx.prompts[layer], ctx.batch_size, self.dropout, self.dropout_mode,
+        return drop_prompts(self.at(ctx.prompts, layer), ctx.batch_size, self.dropout, self.dropout_mode,
                             self.training)
 
     def wants_cls_attention(self, layer):

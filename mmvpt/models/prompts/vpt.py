@@ -3,7 +3,8 @@ import torch.nn as nn
 
 from mmvpt.registry import MODELS
 from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, uniform_prompts,
-                   vpt_init_bound)
+                   vpt_init_bound, vpt_uniform)
+
 
 
 @MODELS.register_module()
@@ -11,8 +12,8 @@ class VPT(PromptMethod):
     """Visual prompt tuning.
 
     Shallow: one set of ``num_tokens`` prompts joins the sequence before block 0 and passes
-    through every block. Deep: each block gets its own set, replacing the outputs of the
-    previous block's prompts.
+    through every block (on Swin: through the first stage; patch merging drops it). Deep:
+    each block gets its own set, replacing the outputs of the previous block's prompts.
 
     Args:
         num_tokens: prompts per set (P).
@@ -34,9 +35,17 @@ class VPT(PromptMethod):
         self.dropout = (0.1 if deep else 0.) if dropout is None else dropout
         check_dropout(self.dropout, dropout_mode)
         self.dropout_mode = dropout_mode
-        width = proj_dim or self.embed_dim
-        bound = vpt_init_bound(self.patch_size, width)
-        self.prompts = uniform_prompts((self.num_layers if deep else 1, num_tokens, width), bound)
+        self.carries_prompts = not deep
+        if proj_dim and len(self.stages) > 1:
+            raise ValueError('VPT proj_dim: the projection needs one token width; this backbone '
+                             f'has {sorted(set(self.layer_dims))}')
+        if not deep:
+            width = proj_dim or self.embed_dim
+            self.prompts = uniform_prompts((1, num_tokens, width), vpt_init_bound(self.patch_size, width))
+        else:
+            self.prompts = self.stage_parameter(
+                lambda dim, heads: (num_tokens, proj_dim or dim),
+                vpt_uniform(self.patch_size, proj_dim))
         self.proj = None
         if proj_dim:
             self.proj = nn.Linear(proj_dim, self.embed_dim)
@@ -45,7 +54,7 @@ class VPT(PromptMethod):
     def tokens(self, ctx, layer):
         if layer > 0 and not self.deep:
             return None
-        prompts = self.prompts[layer]
+        prompts = self.at(self.prompts, layer)
         if self.proj is not None:
             prompts = self.proj(prompts)
         return drop_prompts(prompts, ctx.batch_size, self.dropout, self.dropout_mode, self.training)

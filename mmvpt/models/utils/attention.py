@@ -1,11 +1,36 @@
-"""Attention of a timm ``Attention`` module, with the two extras prompt methods need.
+"""Attention of timm's ``Attention`` (ViT) and ``WindowAttention`` (Swin) modules, with
+the extras prompt methods need.
 
-Both functions reuse the module's own projections (no copies of weights) and run the
+Every function reuses the module's own projections (no copies of weights) and runs the
 attention itself through ``F.scaled_dot_product_attention``.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models.swin_transformer import window_partition, window_reverse
+
+_IDENTITY = nn.Identity()
+
+
+def _part(attn, name):
+    """An optional part of a timm attention (``WindowAttention`` has no q/k/out norms)."""
+    return getattr(attn, name, _IDENTITY)
+
+
+def _widths(attn):
+    """(heads, head dim, attention width) of a timm attention module."""
+    width = attn.qkv.out_features // 3
+    return attn.num_heads, width // attn.num_heads, width
+
+
+def project_kv(attn, tokens):
+    """Keys and values of ``tokens`` (b, P, C) through ``attn``'s own qkv projection, each
+    (b, H, P, d); the query rows of the projection are not computed."""
+    heads, head_dim, width = _widths(attn)
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    kv = F.linear(tokens, weight[width:], None if bias is None else bias[width:])
+    k, v = kv.view(tokens.shape[0], -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return _part(attn, 'k_norm')(k), v
 
 
 def _expand_batch(t, batch_size):
@@ -62,18 +87,16 @@ def cross_attention(attn, x, prompts):
         prompts: (1 or B, P, C).
     """
     B, N, C = x.shape
-    heads, head_dim, width = attn.num_heads, attn.head_dim, attn.attn_dim
-    weight, bias = attn.qkv.weight, attn.qkv.bias
-    kv = F.linear(prompts, weight[width:], None if bias is None else bias[width:])
-    k, v = kv.view(prompts.shape[0], -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    k = attn.k_norm(k)
+    heads, head_dim, width = _widths(attn)
+    k, v = project_kv(attn, prompts)
     if _fold_pays(attn, prompts, k):
         return _folded_cross_attention(attn, x, k, v)
+    weight, bias = attn.qkv.weight, attn.qkv.bias
     q = F.linear(x, weight[:width], None if bias is None else bias[:width])
-    q = attn.q_norm(q.view(B, N, heads, head_dim).transpose(1, 2))
+    q = _part(attn, 'q_norm')(q.view(B, N, heads, head_dim).transpose(1, 2))
     out = F.scaled_dot_product_attention(q, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
     out = out.transpose(1, 2).reshape(B, N, width)
-    return attn.proj(attn.norm(out))
+    return attn.proj(_part(attn, 'norm')(out))
 
 
 def _fold_pays(attn, prompts, k):
@@ -81,9 +104,9 @@ def _fold_pays(attn, prompts, k):
     2NC^2 + 2NPC multiply-adds forward and about as much backward (frozen projections need
     input gradients only); the folded form 2NPHC forward and twice that backward when the
     prompts train (the prompt-side products need gradients too)."""
-    if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.norm, nn.Identity)):
+    if not (isinstance(_part(attn, 'q_norm'), nn.Identity) and isinstance(_part(attn, 'norm'), nn.Identity)):
         return False
-    num_prompts, heads, width = prompts.shape[1], attn.num_heads, attn.attn_dim
+    num_prompts, (heads, _, width) = prompts.shape[1], _widths(attn)
     trains = torch.is_grad_enabled() and (prompts.requires_grad or k.requires_grad)
     if trains:  # 6NPHC < 4NC^2 + 6NPC
         return 3 * num_prompts * (heads - 1) < 2 * width
@@ -106,7 +129,8 @@ def _folded_cross_attention(attn, x, k, v):
     B, N, C = x.shape
     b, heads, P, head_dim = k.shape
     weight, bias = attn.qkv.weight, attn.qkv.bias
-    w_q = weight[:attn.attn_dim].view(heads, head_dim, C)
+    width = _widths(attn)[2]
+    w_q = weight[:width].view(heads, head_dim, C)
     keys_in = torch.einsum('bhpd,hdc->bhpc', k * attn.scale, w_q).reshape(b, heads * P, C)
     w_o = attn.proj.weight.view(C, heads, head_dim)
     values_out = torch.einsum('bhpd,chd->bhpc', v, w_o).reshape(b, heads * P, C)
@@ -114,10 +138,93 @@ def _folded_cross_attention(attn, x, k, v):
         keys_in, values_out = keys_in[0], values_out[0]
     scores = torch.matmul(x, keys_in.transpose(-1, -2))  # (B, N, H * P)
     if bias is not None:
-        b_q = bias[:attn.attn_dim].view(heads, 1, head_dim)
+        b_q = bias[:width].view(heads, 1, head_dim)
         scores = scores + (b_q * attn.scale * k).sum(-1).reshape(b, 1, heads * P)
     probs = scores.view(B, N, heads, P).softmax(dim=-1).view(B, N, heads * P)
     out = torch.matmul(probs, values_out)
     if attn.proj.bias is not None:
         out = out + attn.proj.bias
     return out
+
+
+def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None):
+    """timm ``SwinTransformerBlock._attn`` (shifted windows, relative-position bias, shift
+    mask) with prompts that every window attends to.
+
+    Prompt keys carry neither the relative-position bias nor the shift mask (zero padding of
+    both), and prompt queries are neither biased nor masked.
+
+    Args:
+        block: a timm ``SwinTransformerBlock``.
+        x: (B, H, W, C) normalised tokens.
+        extra_kv: optional (keys, values), each (H, E, d) or (b, H, E, d) with b = 1 or B,
+            in head space: E²VPT's key-value prompts, or the projected prompts of a block
+            whose prompt outputs are never used. Before the window's keys if ``kv_first``.
+        prompts: optional (B, P, C) normalised prompt tokens that join every window as
+            queries and keys (VPT-shallow); their outputs are averaged over the windows.
+
+    Returns:
+        (B, H, W, C) outputs, and the prompts' (B, P, C) outputs or None.
+    """
+    B, H, W, C = x.shape
+    window, shift = block.window_size, block.shift_size
+    has_shift = any(shift)
+    shifted = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if has_shift else x
+    pad_h = (window[0] - H % window[0]) % window[0]
+    pad_w = (window[1] - W % window[1]) % window[1]
+    shifted = F.pad(shifted, (0, 0, 0, pad_w, 0, pad_h))
+    _, Hp, Wp, _ = shifted.shape
+    windows = window_partition(shifted, window).view(-1, block.window_area, C)
+    mask = block.get_attn_mask(shifted) if getattr(block, 'dynamic_mask', False) else block.attn_mask
+    prompt_out = None
+    if extra_kv is None and prompts is None:
+        out = block.attn(windows, mask=mask)
+    else:
+        out, prompt_out = _prompted_window_attention(block.attn, windows, mask, B, extra_kv,
+                                                     kv_first, prompts)
+    out = window_reverse(out.view(-1, window[0], window[1], C), window, Hp, Wp)[:, :H, :W]
+    if has_shift:
+        out = torch.roll(out, shifts=shift, dims=(1, 2))
+    return out, prompt_out
+
+
+def _prompted_window_attention(attn, windows, mask, batch_size, extra_kv, kv_first, prompts):
+    """``WindowAttention.forward`` over (B * nW, N, C) windows plus prompt keys/values
+    (and prompt queries); see :func:`window_attention`."""
+    num_windows_total, N, C = windows.shape
+    B, num_windows = batch_size, num_windows_total // batch_size
+    heads, head_dim, width = _widths(attn)
+    q, k, v = attn.qkv(windows).reshape(-1, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def per_window(t):  # (H, L, d) or (1|B, H, L, d) -> (B * nW, H, L, d)
+        t = _expand_batch(t, B)
+        return t.unsqueeze(1).expand(-1, num_windows, -1, -1, -1).reshape(-1, *t.shape[1:])
+
+    P = E = 0
+    if prompts is not None:  # projected once per sample, then shared by its windows
+        P = prompts.shape[1]
+        pq, pk, pv = (per_window(t) for t in attn.qkv(prompts).reshape(
+            B, P, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0))
+        q, k, v = (torch.cat([p, t], dim=2) for p, t in ((pq, q), (pk, k), (pv, v)))
+    if extra_kv is not None:
+        ek, ev = (per_window(t) for t in extra_kv)
+        E = ek.shape[2]
+        k = torch.cat([ek, k] if kv_first else [k, ek], dim=2)
+        v = torch.cat([ev, v] if kv_first else [v, ev], dim=2)
+
+    # Relative-position bias and shift mask over the window tokens only, zeros elsewhere.
+    bias = attn._get_rel_pos_bias()  # (1, H, N, N)
+    if mask is not None:
+        bias = bias + mask.unsqueeze(1)  # (nW, H, N, N)
+    key_start = P + (E if kv_first else 0)
+    padded = bias.new_zeros(bias.shape[0], heads, P + N, E + P + N)
+    padded[:, :, P:, key_start:key_start + N] = bias
+    if mask is not None:
+        padded = padded.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(-1, *padded.shape[1:])
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=padded, dropout_p=attn.attn_drop.p if attn.training else 0.)
+    out = out.transpose(1, 2).reshape(-1, P + N, width)
+    prompt_out = None
+    if P:  # the mean over windows first: the projection is linear
+        prompt_out = attn.proj_drop(attn.proj(out[:, :P].reshape(B, num_windows, P, width).mean(1)))
+    return attn.proj_drop(attn.proj(out[:, P:])), prompt_out

@@ -63,7 +63,7 @@ def openmmlab_vit_to_timm(state):
     return out
 
 
-def _read_state_dict(path):
+def read_state_dict(path):
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(path)
@@ -71,29 +71,34 @@ def _read_state_dict(path):
     return load_local_checkpoint(path, map_location='cpu')
 
 
-def _unwrap(checkpoint):
-    """The backbone's state dict in timm names, out of the usual wrappings:
-    ``{'state_dict': ...}``, ``{'model': ...}`` (MAE, DeiT), DDP's ``module.``, MoCo-v3's
-    ``base_encoder.``, OpenMMLab's ``backbone.``, mmvpt's ``vit.`` (a full fine-tuning
-    checkpoint) and mmseg / mmpretrain key names."""
+def strip_wrappers(checkpoint, own_prefix):
+    """The backbone's state dict out of the usual wrappings: ``{'state_dict': ...}``,
+    ``{'model': ...}`` (MAE, DeiT, official Swin), DDP's ``module.``, MoCo-v3's
+    ``base_encoder.``, OpenMMLab's ``backbone.`` and mmvpt's own ``own_prefix`` (``'vit.'``,
+    ``'swin.'``: a full fine-tuning checkpoint)."""
     for key in ('state_dict', 'model', 'module'):
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
-    if any(k.startswith('base_encoder.') for k in state):  # MoCo v3
-        state = {k[len('base_encoder.'):]: v for k, v in state.items() if k.startswith('base_encoder.')}
-    if any(k.startswith('backbone.') for k in state):
-        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
-    if any(k.startswith('vit.') for k in state):  # mmvpt's own PromptedViT
-        state = {k[len('vit.'):]: v for k, v in state.items() if k.startswith('vit.')}
+    for prefix in ('base_encoder.', 'backbone.', own_prefix):
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def _unwrap(checkpoint):
+    """The ViT's state dict in timm names (see :func:`strip_wrappers`; mmseg / mmpretrain
+    key names are converted)."""
+    state = strip_wrappers(checkpoint, 'vit.')
     if 'patch_embed.projection.weight' in state:  # mmseg / mmpretrain naming
         state = openmmlab_vit_to_timm(state)
     return {k: v for k, v in state.items() if not _IGNORED.match(k)}
 
 
-def _check_fit(path, state, model):
-    expected = model.state_dict()
-    expected = {k: v for k, v in expected.items() if not _IGNORED.match(k)}
+def check_fit(path, state, model, describe, ignored=_IGNORED):
+    """A :class:`CheckpointMismatchError` naming every missing, unexpected and mis-shaped
+    key of ``state`` against ``model`` (``describe``: the model in words)."""
+    expected = {k: v for k, v in model.state_dict().items() if not ignored.search(k)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}'
@@ -101,8 +106,7 @@ def _check_fit(path, state, model):
     if missing or unexpected or mismatched:
         def show(items):
             return ', '.join(items[:8]) + (f' (+{len(items) - 8} more)' if len(items) > 8 else '')
-        lines = [f'checkpoint {path} does not fit {type(model).__name__} '
-                 f'(embed_dim={model.embed_dim}, depth={len(model.blocks)}):']
+        lines = [f'checkpoint {path} does not fit {type(model).__name__} ({describe}):']
         if mismatched:
             lines.append(f'  shape mismatch: {show(mismatched)}')
         if missing:
@@ -139,8 +143,8 @@ def load_vit_pretrained(model, path, interpolate_mode='bicubic'):
         with torch.no_grad():
             _load_weights(model, path)
         return
-    state = _unwrap(_read_state_dict(path))
+    state = _unwrap(read_state_dict(path))
     state = checkpoint_filter_fn(state, model, interpolation=interpolate_mode)
     state = {k: v for k, v in state.items() if not _IGNORED.match(k)}
-    _check_fit(path, state, model)
+    check_fit(path, state, model, f'embed_dim={model.embed_dim}, depth={len(model.blocks)}')
     model.load_state_dict(state, strict=False)

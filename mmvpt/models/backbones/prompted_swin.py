@@ -1,0 +1,188 @@
+"""A timm SwinTransformer, frozen, run block by block with a prompt method plugged in."""
+import timm
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
+
+from mmvpt.registry import MODELS
+from ..utils.attention import project_kv, window_attention
+from ..utils.block import residual_block
+from ..utils.swin_checkpoint import load_swin_pretrained
+
+OUT_TYPES = ('avg_featmap', 'featmap')
+
+
+@MODELS.register_module()
+class PromptedSwin(BaseModule):
+    """A prompt-tuned Swin Transformer on top of timm's ``SwinTransformer``.
+
+    Same ``prompt=dict(type=...)`` interface as :class:`PromptedViT`; a method's layer l is
+    Swin block l counted over all stages (Swin-B: 2 + 2 + 18 + 2 = 24), with that stage's
+    width and heads. How the methods meet the windows:
+
+    - prompt tokens (VPT, E²VPT visual, iVPT) join every window as keys and values, with
+      the relative-position bias and the shifted-window mask zero-padded for them, so they
+      are neither biased nor masked. A block's prompts are replaced by the next block's,
+      so their outputs are never computed. VPT-shallow's set instead passes through the
+      first stage's blocks (its outputs averaged over the windows, as VPT's Swin does)
+      and patch merging drops it: prompts never enter merging or the pooled feature.
+    - E²VPT key-value prompts join every window's keys and values the same way.
+    - CVPT: every token cross-attends to the block's prompts over the whole map (no
+      windows), with the block's window-attention projections (weight sharing).
+
+    Args:
+        arch: any timm Swin name, e.g. ``'swin_base_patch4_window7_224'`` (Swin-B).
+        img_size: the size the windows and shifts are laid out for; other input sizes
+            work too (attention masks are built for them).
+        prompt: the prompt method config, or None (linear probing with ``frozen=True``,
+            full fine-tuning with ``frozen=False``).
+        frozen: freeze every backbone weight.
+        out_type: ``'avg_featmap'`` (classification: mean of the image tokens of the last
+            output stage, after the final norm) or ``'featmap'`` ((B, C, H, W) maps).
+        out_indices: stages whose outputs are returned (negative counts from the end).
+        final_norm: apply the final norm to the last stage's output.
+        drop_path_rate: stochastic depth of the (frozen) blocks.
+        arch_cfg: extra keyword arguments for ``timm.create_model`` (e.g.
+            ``dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4)``).
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)``: timm ``.pth`` /
+            ``.safetensors`` and the official (Microsoft) Swin checkpoints, e.g. the
+            ImageNet-22k Swin-B.
+    """
+
+    def __init__(self, arch='swin_base_patch4_window7_224', img_size=224, prompt=None,
+                 frozen=True, out_type='avg_featmap', out_indices=-1, final_norm=True,
+                 drop_path_rate=0., arch_cfg=None, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if out_type not in OUT_TYPES:
+            raise ValueError(f'PromptedSwin out_type={out_type!r}: choose one of {OUT_TYPES}')
+        try:
+            swin = timm.create_model(
+                arch, pretrained=False, num_classes=0, img_size=img_size, strict_img_size=False,
+                drop_path_rate=drop_path_rate, **(arch_cfg or {}))
+        except RuntimeError as err:  # timm's "Unknown model"
+            raise ValueError(f'PromptedSwin arch={arch!r}: {err}') from None
+        self._check_supported(arch, swin)
+        self.swin = swin
+        self.arch = arch
+        self.img_size = img_size
+        self.frozen = frozen
+        self.out_type = out_type
+        self.final_norm = final_norm
+        # a plain list (not registered again): block l over all stages
+        self.blocks = [block for stage in swin.layers for block in stage.blocks]
+        self.num_layers = len(self.blocks)
+        self.num_stages = len(swin.layers)
+        self.embed_dims = swin.num_features
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        self.out_indices = sorted(i % self.num_stages for i in indices)
+        if self.out_indices != sorted(set(self.out_indices)) or any(
+                not -self.num_stages <= i < self.num_stages for i in indices):
+            raise ValueError(f'PromptedSwin out_indices={out_indices!r}: need distinct stages '
+                             f'of {self.num_stages}')
+
+        if frozen:
+            self.swin.requires_grad_(False)
+        self.prompt = None
+        if prompt is not None:
+            self.prompt = MODELS.build(prompt, default_args=dict(
+                num_layers=self.num_layers,
+                embed_dim=[b.norm1.normalized_shape[0] for b in self.blocks],
+                num_heads=[b.attn.num_heads for b in self.blocks],
+                patch_size=swin.patch_embed.patch_size[0],
+                qkv_bias=self.blocks[0].attn.qkv.bias is not None, has_cls_token=False))
+
+    @staticmethod
+    def _check_supported(arch, swin):
+        if not isinstance(swin, SwinTransformer):
+            raise ValueError(f'PromptedSwin arch={arch!r} is a {type(swin).__name__}, '
+                             'not a timm SwinTransformer')
+        odd = {type(b).__name__ for s in swin.layers for b in s.blocks
+               if type(b) is not SwinTransformerBlock or type(b.attn) is not WindowAttention}
+        if odd:
+            raise ValueError(f'PromptedSwin arch={arch!r} uses {sorted(odd)}; prompt methods '
+                             'plug into timm SwinTransformerBlock / WindowAttention only')
+
+    # -- weights -------------------------------------------------------------------------
+    def init_weights(self):
+        """Loads ``init_cfg``'s pretrained checkpoint into the timm model (the prompts keep
+        their own init), then lets the method read the loaded blocks."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            load_swin_pretrained(self.swin, cfg['checkpoint'])
+            print_log(f'PromptedSwin: loaded {cfg["checkpoint"]}', logger='current')
+            self._is_init = True
+        elif cfg is not None:
+            super().init_weights()
+        self.bind_prompt()
+
+    def bind_prompt(self):
+        """Lets the method read the backbone's current weights (CVPT's own cross-attention
+        copies start from the window attention's projections)."""
+        if self.prompt is not None:
+            self.prompt.bind_backbone(self.blocks)
+
+    # -- forward -------------------------------------------------------------------------
+    def forward_block(self, layer, x, carried, ctx):
+        """Block ``layer`` on (B, H, W, C) tokens; ``carried`` is VPT-shallow's (b, P, C)
+        prompt set or None. Returns both, updated."""
+        block, method = self.blocks[layer], self.prompt
+        tokens = method.tokens(ctx, layer)
+        attended = None
+        if tokens is not None and method.carries_prompts:
+            carried = tokens
+        elif tokens is not None:
+            attended = tokens
+        kv = method.kv(ctx, layer)
+        B, H, W, C = x.shape
+        P = 0 if carried is None else carried.shape[1]
+        seq = x.reshape(B, H * W, C)
+        if P:
+            seq = torch.cat([carried.expand(B, -1, -1), seq], dim=1)
+
+        def attention(h):
+            h = block.norm1(h)
+            extra = _join_kv(kv, None if attended is None else project_kv(block.attn, block.norm1(attended)))
+            out, prompt_out = window_attention(block, h[:, P:].reshape(B, H, W, C), extra,
+                                               method.kv_first, h[:, :P] if P else None)
+            out = out.reshape(B, H * W, C)
+            return block.drop_path1(out if not P else torch.cat([prompt_out, out], dim=1))
+
+        seq = residual_block(
+            seq, attention, block.norm2, lambda h: block.drop_path2(block.mlp(h)),
+            lambda h: method.cross_attend(ctx, layer, h, block.attn), method.insert)
+        return seq[:, P:].reshape(B, H, W, C), (seq[:, :P] if P else None)
+
+    def forward(self, img):
+        x = self.swin.patch_embed(img)  # (B, H, W, C)
+        method = self.prompt
+        ctx = method.start(x.shape[0]) if method is not None else None
+        outs = []
+        layer = 0
+        for index, stage in enumerate(self.swin.layers):
+            x = stage.downsample(x)
+            carried = None  # prompts never enter patch merging
+            for block in stage.blocks:
+                if method is None:
+                    x = block(x)
+                else:
+                    x, carried = self.forward_block(layer, x, carried, ctx)
+                layer += 1
+            if index == self.num_stages - 1 and self.final_norm:
+                x = self.swin.norm(x)
+            if index in self.out_indices:
+                outs.append(x.mean(dim=(1, 2)) if self.out_type == 'avg_featmap'
+                            else x.permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+
+def _join_kv(first, second):
+    """One (keys, values) pair out of two optional ones, each (H, L, d) or (1|B, H, L, d).
+    The order of keys does not change attention."""
+    if first is None or second is None:
+        return first if second is None else second
+    batch = max(t.shape[0] if t.dim() == 4 else 1 for t in first + second)
+
+    def batched(t):
+        return (t if t.dim() == 4 else t.unsqueeze(0)).expand(batch, -1, -1, -1)
+    return tuple(torch.cat([batched(a), batched(b)], dim=2) for a, b in zip(first, second))
