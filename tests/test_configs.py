@@ -127,8 +127,8 @@ def data(tmp_path_factory):
     return dict(vtab=str(root / 'vtab'), fgvc=str(root / 'fgvc'))
 
 
-@pytest.mark.parametrize('arch,benchmark,task', [('vit-b16', 'vtab', 'cifar'), ('vit-b16', 'fgvc', 'cub'),
-                                               ('swin-b', 'vtab', 'cifar')])
+@pytest.mark.parametrize('arch,benchmark,task', [
+    ('vit-b16', 'vtab', 'cifar'), ('vit-b16', 'fgvc', 'cub'), ('swin-b', 'vtab', 'cifar')])
 @pytest.mark.parametrize('method', METHODS)
 def test_one_iteration_and_evaluation(method, arch, benchmark, task, data, tmp_path):
     cfg = tiny(prepare_config(osp.join(ROOT, f'configs/{method}/{arch}_{benchmark}-{task}.py'),

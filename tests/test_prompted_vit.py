@@ -107,6 +107,15 @@ def test_average_pooling_excludes_prompts():
     torch.testing.assert_close(avg, fmap.flatten(2).mean(-1))
 
 
+def test_ivpt_switches_attentive_reinforcement_off_without_cls_token():
+    model = PromptedViT(arch='vit_base_patch16_224', img_size=32, out_type='avg_featmap',
+                        arch_cfg=dict(patch_size=8, embed_dim=32, depth=3, num_heads=4,
+                                      class_token=False, global_pool='avg'),
+                        prompt=dict(type='mmvpt.IVPT', num_tokens=4, num_ar_tokens=2))
+    assert model.prompt.ar_prompts is None and not model.prompt.wants_cls_attention(0)
+    assert model(torch.randn(2, 3, 32, 32))[0].shape == (2, 32)
+
+
 def test_builds_from_host_registries_with_scoped_type():
     from mmpretrain.registry import MODELS as PRETRAIN
     from mmseg.registry import MODELS as SEG

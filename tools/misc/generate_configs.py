@@ -107,9 +107,11 @@ def render(method, benchmark, task):
     return '\n'.join(lines) + '\n'
 
 
-SWIN_BACKBONE = ("type='mmvpt.PromptedSwin', arch='swin_base_patch4_window7_224',\n"
-                 "    init_cfg=dict(type='Pretrained',\n"
-                 "                  checkpoint='pretrained/swin_base_patch4_window7_224_22k.pth')")
+SWIN_CHECKPOINT = 'pretrained/swin_base_patch4_window7_224_22k.pth'  # official ImageNet-22k Swin-B
+SWIN_BACKBONE = ("        type='mmvpt.PromptedSwin',\n"
+                 "        arch='swin_base_patch4_window7_224',\n"
+                 "        init_cfg=dict(\n"
+                 f"            type='Pretrained', checkpoint={SWIN_CHECKPOINT!r})")
 # E2VPT's Swin batch (paper 002), with VPT's lr scaling (base 2.5 x batch / 256).
 E2VPT_SWIN_BATCH = 80
 
@@ -122,12 +124,12 @@ def render_swin(method, benchmark, task):
     backbone = SWIN_BACKBONE
     if method == 'ivpt':
         lines.append('# iVPT: no attentive reinforcement, which needs a CLS token (Swin has none).')
-        backbone += ',\n    prompt=dict(num_ar_tokens=0)'
+        backbone += ',\n        prompt=dict(num_ar_tokens=0)'
     elif method == 'e2vpt':
         lines.append(f'# E2VPT: batch {E2VPT_SWIN_BATCH} on Swin (paper 002), lr 2.5 x batch / 256; '
                      'pruning reaches the first stage only.')
     lines += [f"_base_ = ['./vit-b16_{benchmark}-{task}.py']", '',
-              f'model = dict(backbone=dict(\n    {backbone}),\n    head=dict(in_channels=1024))']
+              f'model = dict(\n    backbone=dict(\n{backbone}),\n    head=dict(in_channels=1024))']
     if method == 'e2vpt':
         lines += [f'train_dataloader = dict(batch_size={E2VPT_SWIN_BATCH})',
                   f'optim_wrapper = dict(optimizer=dict(lr={2.5 * E2VPT_SWIN_BATCH / 256!r}))']

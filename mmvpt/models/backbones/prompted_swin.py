@@ -62,6 +62,9 @@ class PromptedSwin(BaseModule):
                 drop_path_rate=drop_path_rate, **(arch_cfg or {}))
         except RuntimeError as err:  # timm's "Unknown model"
             raise ValueError(f'PromptedSwin arch={arch!r}: {err}') from None
+        except TypeError as err:  # an argument the model does not take
+            raise ValueError(f'PromptedSwin arch={arch!r}, arch_cfg={arch_cfg!r}: {err}; '
+                             'PromptedSwin needs a timm SwinTransformer') from None
         self._check_supported(arch, swin)
         self.swin = swin
         self.arch = arch

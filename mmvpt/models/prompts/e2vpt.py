@@ -7,6 +7,7 @@ from mmvpt.registry import MODELS
 from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
                    vpt_init_bound)
 
+
 def _no_init(tensor, dim):
     """``reset_parameters`` fills the prompts."""
 

@@ -6,7 +6,6 @@ from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, un
                    vpt_init_bound, vpt_uniform)
 
 
-
 @MODELS.register_module()
 class VPT(PromptMethod):
     """Visual prompt tuning.

@@ -26,7 +26,8 @@ def load_swin_pretrained(model, path):
     try:
         state = checkpoint_filter_fn(state, model)
     except AttributeError as err:  # a key naming a module the model does not have
-        raise CheckpointMismatchError(f'checkpoint {path} does not fit {type(model).__name__}: {err}') from None
+        raise CheckpointMismatchError(
+            f'checkpoint {path} does not fit {type(model).__name__}: {err}') from None
     state = {k: v for k, v in state.items() if not _IGNORED.search(k)}
     check_fit(path, state, model, f'embed_dim={model.embed_dim}, depths='
               f'{tuple(len(s.blocks) for s in model.layers)}', ignored=_IGNORED)
