@@ -1,10 +1,4 @@
 # Linear probing on VTAB-1k caltech101 with Swin-B ImageNet-22k; the recipe of the ViT-B config.
-_base_ = ['./vit-b16_vtab-caltech101.py']
+_base_ = ['./vit-b16_vtab-caltech101.py', '../_base_/models/swin-b.py']
 
-model = dict(
-    backbone=dict(
-        type='mmvpt.PromptedSwin',
-        arch='swin_base_patch4_window7_224',
-        init_cfg=dict(
-            type='Pretrained', checkpoint='pretrained/swin_base_patch4_window7_224_22k.pth')),
-    head=dict(in_channels=1024))
+model = dict(backbone={{_base_.swin_b}}, head=dict(in_channels=1024))

@@ -107,29 +107,25 @@ def render(method, benchmark, task):
     return '\n'.join(lines) + '\n'
 
 
-SWIN_CHECKPOINT = 'pretrained/swin_base_patch4_window7_224_22k.pth'  # official ImageNet-22k Swin-B
-SWIN_BACKBONE = ("        type='mmvpt.PromptedSwin',\n"
-                 "        arch='swin_base_patch4_window7_224',\n"
-                 "        init_cfg=dict(\n"
-                 f"            type='Pretrained', checkpoint={SWIN_CHECKPOINT!r})")
 # E2VPT's Swin batch (paper 002), with VPT's lr scaling (base 2.5 x batch / 256).
 E2VPT_SWIN_BATCH = 80
 
 
 def render_swin(method, benchmark, task):
-    """Swin-B on the task: the ViT-B config's recipe, the backbone swapped."""
+    """Swin-B on the task: the ViT-B config's recipe, the backbone swapped
+    (configs/_base_/models/swin-b.py)."""
     title = 'VTAB-1k' if benchmark == 'vtab' else 'FGVC'
     lines = [f'# {NAMES[method]} on {title} {task} with Swin-B ImageNet-22k; the recipe of the '
              'ViT-B config.']
-    backbone = SWIN_BACKBONE
+    backbone = 'swin_b'
     if method == 'ivpt':
         lines.append('# iVPT: no attentive reinforcement, which needs a CLS token (Swin has none).')
-        backbone += ',\n        prompt=dict(num_ar_tokens=0)'
+        backbone = 'swin_b_without_ar'
     elif method == 'e2vpt':
         lines.append(f'# E2VPT: batch {E2VPT_SWIN_BATCH} on Swin (paper 002), lr 2.5 x batch / 256; '
                      'pruning reaches the first stage only.')
-    lines += [f"_base_ = ['./vit-b16_{benchmark}-{task}.py']", '',
-              f'model = dict(\n    backbone=dict(\n{backbone}),\n    head=dict(in_channels=1024))']
+    lines += [f"_base_ = ['./vit-b16_{benchmark}-{task}.py', '../_base_/models/swin-b.py']", '',
+              f'model = dict(backbone={{{{_base_.{backbone}}}}}, head=dict(in_channels=1024))']
     if method == 'e2vpt':
         lines += [f'train_dataloader = dict(batch_size={E2VPT_SWIN_BATCH})',
                   f'optim_wrapper = dict(optimizer=dict(lr={2.5 * E2VPT_SWIN_BATCH / 256!r}))']

@@ -1,0 +1,10 @@
+# Swin-B ImageNet-22k (the official swin_base_patch4_window7_224_22k.pth, or timm's), frozen.
+# A Swin task config inherits the ViT-B config of its task and swaps the backbone:
+#     _base_ = ['./vit-b16_vtab-cifar.py', '../_base_/models/swin-b.py']
+#     model = dict(backbone={{_base_.swin_b}}, head=dict(in_channels=1024))
+swin_b = dict(
+    type='mmvpt.PromptedSwin',
+    arch='swin_base_patch4_window7_224',
+    init_cfg=dict(type='Pretrained', checkpoint='pretrained/swin_base_patch4_window7_224_22k.pth'))
+# iVPT's attentive reinforcement needs a CLS token, which Swin lacks.
+swin_b_without_ar = dict(swin_b, prompt=dict(num_ar_tokens=0))
