@@ -1,20 +1,18 @@
 """A timm SwinTransformer, frozen, run block by block with a prompt method plugged in."""
-import timm
 import torch
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
 
 from mmvpt.registry import MODELS
 from ..utils.attention import project_kv, window_attention
 from ..utils.block import residual_block
 from ..utils.swin_checkpoint import load_swin_pretrained
+from .base import PromptedBackbone
 
 OUT_TYPES = ('avg_featmap', 'featmap')
 
 
 @MODELS.register_module()
-class PromptedSwin(BaseModule):
+class PromptedSwin(PromptedBackbone):
     """A prompt-tuned Swin Transformer on top of timm's ``SwinTransformer``.
 
     Same ``prompt=dict(type=...)`` interface as :class:`PromptedViT`; a method's layer l is
@@ -50,21 +48,16 @@ class PromptedSwin(BaseModule):
             ImageNet-22k Swin-B.
     """
 
+    timm_class = SwinTransformer
+
     def __init__(self, arch='swin_base_patch4_window7_224', img_size=224, prompt=None,
                  frozen=True, out_type='avg_featmap', out_indices=-1, final_norm=True,
                  drop_path_rate=0., arch_cfg=None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if out_type not in OUT_TYPES:
             raise ValueError(f'PromptedSwin out_type={out_type!r}: choose one of {OUT_TYPES}')
-        try:
-            swin = timm.create_model(
-                arch, pretrained=False, num_classes=0, img_size=img_size, strict_img_size=False,
-                drop_path_rate=drop_path_rate, **(arch_cfg or {}))
-        except RuntimeError as err:  # timm's "Unknown model"
-            raise ValueError(f'PromptedSwin arch={arch!r}: {err}') from None
-        except TypeError as err:  # an argument the model does not take
-            raise ValueError(f'PromptedSwin arch={arch!r}, arch_cfg={arch_cfg!r}: {err}; '
-                             'PromptedSwin needs a timm SwinTransformer') from None
+        swin = self.create_timm_model(arch, img_size=img_size, strict_img_size=False,
+                                      drop_path_rate=drop_path_rate, **(arch_cfg or {}))
         self._check_supported(arch, swin)
         self.swin = swin
         self.arch = arch
@@ -77,53 +70,28 @@ class PromptedSwin(BaseModule):
         self.num_layers = len(self.blocks)
         self.num_stages = len(swin.layers)
         self.embed_dims = swin.num_features
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        self.out_indices = sorted(i % self.num_stages for i in indices)
-        if self.out_indices != sorted(set(self.out_indices)) or any(
-                not -self.num_stages <= i < self.num_stages for i in indices):
-            raise ValueError(f'PromptedSwin out_indices={out_indices!r}: need distinct stages '
-                             f'of {self.num_stages}')
+        self.out_indices = self.check_out_indices(out_indices, self.num_stages, 'stages')
+        self.build_prompt(
+            frozen, prompt, num_layers=self.num_layers,
+            embed_dim=[b.norm1.normalized_shape[0] for b in self.blocks],
+            num_heads=[b.attn.num_heads for b in self.blocks],
+            patch_size=swin.patch_embed.patch_size[0],
+            qkv_bias=self.blocks[0].attn.qkv.bias is not None, has_cls_token=False)
 
-        if frozen:
-            self.swin.requires_grad_(False)
-        self.prompt = None
-        if prompt is not None:
-            self.prompt = MODELS.build(prompt, default_args=dict(
-                num_layers=self.num_layers,
-                embed_dim=[b.norm1.normalized_shape[0] for b in self.blocks],
-                num_heads=[b.attn.num_heads for b in self.blocks],
-                patch_size=swin.patch_embed.patch_size[0],
-                qkv_bias=self.blocks[0].attn.qkv.bias is not None, has_cls_token=False))
+    @property
+    def timm_model(self):
+        return self.swin
 
     @staticmethod
     def _check_supported(arch, swin):
-        if not isinstance(swin, SwinTransformer):
-            raise ValueError(f'PromptedSwin arch={arch!r} is a {type(swin).__name__}, '
-                             'not a timm SwinTransformer')
         odd = {type(b).__name__ for s in swin.layers for b in s.blocks
                if type(b) is not SwinTransformerBlock or type(b.attn) is not WindowAttention}
         if odd:
             raise ValueError(f'PromptedSwin arch={arch!r} uses {sorted(odd)}; prompt methods '
                              'plug into timm SwinTransformerBlock / WindowAttention only')
 
-    # -- weights -------------------------------------------------------------------------
-    def init_weights(self):
-        """Loads ``init_cfg``'s pretrained checkpoint into the timm model (the prompts keep
-        their own init), then lets the method read the loaded blocks."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            load_swin_pretrained(self.swin, cfg['checkpoint'])
-            print_log(f'PromptedSwin: loaded {cfg["checkpoint"]}', logger='current')
-            self._is_init = True
-        elif cfg is not None:
-            super().init_weights()
-        self.bind_prompt()
-
-    def bind_prompt(self):
-        """Lets the method read the backbone's current weights (CVPT's own cross-attention
-        copies start from the window attention's projections)."""
-        if self.prompt is not None:
-            self.prompt.bind_backbone(self.blocks)
+    def load_pretrained(self, path):
+        load_swin_pretrained(self.swin, path)
 
     # -- forward -------------------------------------------------------------------------
     def forward_block(self, layer, x, carried, ctx):

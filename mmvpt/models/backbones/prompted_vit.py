@@ -1,8 +1,5 @@
 """A timm VisionTransformer, frozen, run block by block with a prompt method plugged in."""
-import timm
 import torch
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from timm.layers import Attention, resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
@@ -10,12 +7,13 @@ from mmvpt.registry import MODELS
 from ..utils.attention import self_attention
 from ..utils.block import residual_block
 from ..utils.vit_checkpoint import load_vit_pretrained
+from .base import PromptedBackbone
 
 OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap')
 
 
 @MODELS.register_module()
-class PromptedViT(BaseModule):
+class PromptedViT(PromptedBackbone):
     """A prompt-tuned ViT on top of timm's ``VisionTransformer``.
 
     The pretrained backbone is frozen (``frozen=True``) and ``prompt`` picks the method
@@ -44,6 +42,8 @@ class PromptedViT(BaseModule):
             ``.safetensors``, Google ``.npz``, MAE and MoCo-v3 checkpoints.
     """
 
+    timm_class = VisionTransformer
+
     def __init__(self, arch='vit_base_patch16_224', img_size=224, prompt=None, frozen=True,
                  out_type='cls_token', out_indices=-1, final_norm=True,
                  interpolate_mode='bicubic', drop_rate=0., drop_path_rate=0., arch_cfg=None,
@@ -51,12 +51,8 @@ class PromptedViT(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if out_type not in OUT_TYPES:
             raise ValueError(f'PromptedViT out_type={out_type!r}: choose one of {OUT_TYPES}')
-        try:
-            vit = timm.create_model(
-                arch, pretrained=False, num_classes=0, img_size=img_size, drop_rate=drop_rate,
-                drop_path_rate=drop_path_rate, **(arch_cfg or {}))
-        except RuntimeError as err:  # timm's "Unknown model"
-            raise ValueError(f'PromptedViT arch={arch!r}: {err}') from None
+        vit = self.create_timm_model(arch, img_size=img_size, drop_rate=drop_rate,
+                                     drop_path_rate=drop_path_rate, **(arch_cfg or {}))
         self._check_supported(arch, vit)
         vit.patch_embed.strict_img_size = False  # any input size; pos-embed is resized
         self.vit = vit
@@ -68,54 +64,33 @@ class PromptedViT(BaseModule):
         self.interpolate_mode = interpolate_mode
         self.num_layers = len(vit.blocks)
         self.embed_dims = vit.embed_dim
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        self.out_indices = sorted(i % self.num_layers for i in indices)
-        if self.out_indices != sorted(set(self.out_indices)) or any(
-                not -self.num_layers <= i < self.num_layers for i in indices):
-            raise ValueError(f'PromptedViT out_indices={out_indices!r}: need distinct blocks '
-                             f'of {self.num_layers}')
+        self.out_indices = self.check_out_indices(out_indices, self.num_layers, 'blocks')
         if out_type == 'cls_token' and vit.cls_token is None:
             raise ValueError(f'{arch} has no CLS token; use out_type="avg_featmap"')
+        attn = vit.blocks[0].attn
+        self.build_prompt(
+            frozen, prompt, num_layers=self.num_layers, embed_dim=self.embed_dims,
+            num_heads=attn.num_heads, patch_size=vit.patch_embed.patch_size[0],
+            qkv_bias=attn.qkv.bias is not None, has_cls_token=vit.cls_token is not None)
 
-        if frozen:
-            self.vit.requires_grad_(False)
-        self.prompt = None
-        if prompt is not None:
-            attn = vit.blocks[0].attn
-            self.prompt = MODELS.build(prompt, default_args=dict(
-                num_layers=self.num_layers, embed_dim=self.embed_dims, num_heads=attn.num_heads,
-                patch_size=vit.patch_embed.patch_size[0], qkv_bias=attn.qkv.bias is not None,
-                has_cls_token=vit.cls_token is not None))
+    @property
+    def timm_model(self):
+        return self.vit
+
+    @property
+    def blocks(self):
+        return self.vit.blocks
 
     @staticmethod
     def _check_supported(arch, vit):
-        if not isinstance(vit, VisionTransformer):
-            raise ValueError(f'PromptedViT arch={arch!r} is a {type(vit).__name__}, '
-                             'not a timm VisionTransformer')
         odd = {type(b).__name__ for b in vit.blocks if type(b) is not Block}
         odd |= {type(b.attn).__name__ for b in vit.blocks if type(b.attn) is not Attention}
         if odd:
             raise ValueError(f'PromptedViT arch={arch!r} uses {sorted(odd)}; prompt methods '
                              'plug into timm Block / Attention only')
 
-    # -- weights -------------------------------------------------------------------------
-    def init_weights(self):
-        """Loads ``init_cfg``'s pretrained checkpoint into the timm model (the prompts keep
-        their own init), then lets the method read the loaded blocks."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            load_vit_pretrained(self.vit, cfg['checkpoint'], interpolate_mode='bicubic')
-            print_log(f'PromptedViT: loaded {cfg["checkpoint"]}', logger='current')
-            self._is_init = True
-        elif cfg is not None:
-            super().init_weights()
-        self.bind_prompt()
-
-    def bind_prompt(self):
-        """Lets the method read the backbone's current weights (CVPT's own cross-attention
-        copies start from the self-attention)."""
-        if self.prompt is not None:
-            self.prompt.bind_backbone(self.vit.blocks)
+    def load_pretrained(self, path):
+        load_vit_pretrained(self.vit, path, interpolate_mode='bicubic')
 
     # -- forward -------------------------------------------------------------------------
     def embed(self, img):
@@ -143,7 +118,7 @@ class PromptedViT(BaseModule):
 
     def forward_block(self, index, x, ctx, num_prompts):
         """One timm block, with the method's extension points."""
-        block, method = self.vit.blocks[index], self.prompt
+        block, method = self.blocks[index], self.prompt
         if method is None:
             return block(x)
         kv = method.kv(ctx, index)
