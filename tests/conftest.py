@@ -45,3 +45,21 @@ def tiny_vtab(tmp_path_factory):
 def data_options(task_dir):
     """--cfg-options values that point the demo config at ``task_dir``."""
     return [f'{split}_dataloader.dataset.data_root={task_dir}' for split in ('train', 'val', 'test')]
+
+
+# The tiny ViT of configs/demo/vit-tiny_synthetic.py.
+DEMO_ARCH = dict(patch_size=8, embed_dim=64, depth=4, num_heads=4)
+
+
+@pytest.fixture(scope='session')
+def demo_backbone(tmp_path_factory):
+    """Random weights of the demo's tiny ViT in timm's checkpoint format: the 'pretrained'
+    backbone under the tuned-only checkpoints of the tests."""
+    from mmvpt.testing import write_random_vit
+    path = tmp_path_factory.mktemp('pretrained') / 'vit_tiny.pth'
+    return write_random_vit(path, img_size=32, **DEMO_ARCH)
+
+
+def pretrained_line(checkpoint):
+    """Config line that gives the backbone a pretrained init_cfg."""
+    return f"model['backbone']['init_cfg'] = dict(type='Pretrained', checkpoint={checkpoint!r})\n"

@@ -10,6 +10,14 @@ from mmvpt.testing import make_fgvc_task, make_vtab_task
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
 
 
+@pytest.fixture(autouse=True)
+def mmpretrain_scope():
+    """The pipeline's transforms are mmpretrain's, whatever scope an earlier test left."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        yield
+
+
 @pytest.fixture(scope='module')
 def vtab_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('vtab-1k'))

@@ -20,7 +20,8 @@ TINY_CONFIG = """
 _base_ = [{base!r}]
 data_root = {data_root!r}
 model = dict(
-    backbone=dict(img_size=32, init_cfg=None, drop_path_rate=0.,
+    backbone=dict(img_size=32, init_cfg=dict(type='Pretrained', checkpoint={backbone!r}),
+                  drop_path_rate=0.,
                   arch_cfg=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
                   prompt=dict(num_tokens=2)),
     head=dict(in_channels=32))
@@ -54,15 +55,19 @@ protocol = load_protocol_tool()
 @pytest.fixture(scope='module')
 def tiny_config(tmp_path_factory):
     """A CVPT VTAB config shrunk to seconds, in a ``cvpt/`` folder (the method's name), on a
-    generated 4-class task in the folder the VTAB1k dataset reads for 'cifar'."""
-    from mmvpt.testing import make_vtab_task
+    generated 4-class task in the folder the VTAB1k dataset reads for 'cifar', with random
+    tiny ViT weights as its pretrained backbone."""
+    from mmvpt.testing import make_vtab_task, write_random_vit
     root = tmp_path_factory.mktemp('protocol_data')
     make_vtab_task(str(root / 'vtab'), 'cifar', num_classes=4, num_train=64, num_val=32,
                    num_test=32, size=32)
     os.makedirs(root / 'cvpt')
     config = root / 'cvpt' / 'tiny_vtab-cifar.py'
+    backbone = write_random_vit(root / 'vit.pth', img_size=32, patch_size=8, embed_dim=32,
+                                depth=2, num_heads=2)
     config.write_text(TINY_CONFIG.format(
-        base=osp.join(ROOT, 'configs/cvpt/vit-b16_vtab-cifar.py'), data_root=str(root / 'vtab')))
+        base=osp.join(ROOT, 'configs/cvpt/vit-b16_vtab-cifar.py'), data_root=str(root / 'vtab'),
+        backbone=backbone))
     return str(config)
 
 

@@ -21,17 +21,20 @@ from mmvpt.testing import make_ade20k
 from .conftest import ROOT, run_tool
 
 METHODS = ('linear', 'vpt', 'cvpt', 'ivpt', 'e2vpt')
+# The tiny ViT the configs shrink to; its random weights are the "pretrained" backbone.
+SEG_ARCH = dict(patch_size=8, embed_dim=32, depth=4, num_heads=2)
 
 
 def seg_config(method):
     return osp.join(ROOT, f'configs/{method}/setr_vit-l_ade20k.py')
 
 
-def shrink(cfg, data_root):
-    """The config at a tiny width and 64-pixel crops, with its structure kept."""
+def shrink(cfg, data_root, pretrained):
+    """The config at a tiny width and 64-pixel crops, with its structure kept, on the
+    ``pretrained`` tiny ViT checkpoint."""
     backbone = cfg.model.backbone
-    backbone.update(arch_cfg=dict(patch_size=8, embed_dim=32, depth=4, num_heads=2),
-                    img_size=64, out_indices=(0, 1, 2, 3), init_cfg=None)
+    backbone.update(arch_cfg=SEG_ARCH, img_size=64, out_indices=(0, 1, 2, 3),
+                    init_cfg=dict(type='Pretrained', checkpoint=pretrained))
     if backbone.get('prompt') and backbone.prompt.get('num_tokens', 0) > 20:
         backbone.prompt.num_tokens = 20
     for head in [cfg.model.decode_head, *cfg.model.auxiliary_head]:
@@ -43,8 +46,10 @@ def shrink(cfg, data_root):
             step.scale = (128, 64)
         if step.type == 'RandomCrop':
             step.crop_size = (64, 64)
-    for loader in (cfg.val_dataloader, cfg.test_dataloader):
-        for step in loader.dataset.pipeline:
+    # test_pipeline: what mmseg's inference_model runs
+    for pipeline in (cfg.val_dataloader.dataset.pipeline, cfg.test_dataloader.dataset.pipeline,
+                     cfg.test_pipeline):
+        for step in pipeline:
             if step.type == 'Resize':
                 step.scale = (128, 64)
     for split in ('train', 'val', 'test'):
@@ -58,8 +63,8 @@ def shrink(cfg, data_root):
     return cfg
 
 
-def write_tiny_config(method, data_root, path):
-    cfg = shrink(prepare_config(seg_config(method)), data_root)
+def write_tiny_config(method, data_root, path, pretrained):
+    cfg = shrink(prepare_config(seg_config(method)), data_root, pretrained)
     cfg.dump(str(path))
     return str(path)
 
@@ -67,6 +72,12 @@ def write_tiny_config(method, data_root, path):
 @pytest.fixture(scope='module')
 def ade(tmp_path_factory):
     return make_ade20k(str(tmp_path_factory.mktemp('ade')), num_train=4, num_val=2)
+
+
+@pytest.fixture(scope='module')
+def vit(tmp_path_factory):
+    from mmvpt.testing import write_random_vit
+    return write_random_vit(tmp_path_factory.mktemp('vit') / 'vit.pth', img_size=64, **SEG_ARCH)
 
 
 def load_tool(name):
@@ -77,8 +88,8 @@ def load_tool(name):
 
 
 @pytest.mark.parametrize('method', METHODS)
-def test_each_method_trains_and_evaluates_single_and_multi_scale(method, ade, tmp_path):
-    cfg = shrink(prepare_config(seg_config(method), work_dir=str(tmp_path)), ade)
+def test_each_method_trains_and_evaluates_single_and_multi_scale(method, ade, vit, tmp_path):
+    cfg = shrink(prepare_config(seg_config(method), work_dir=str(tmp_path)), ade, vit)
     cfg.experiment_name = uuid.uuid4().hex
     runner = Runner.from_cfg(cfg)
     assert not any(p.requires_grad for p in runner.model.backbone.vit.parameters())
@@ -87,7 +98,7 @@ def test_each_method_trains_and_evaluates_single_and_multi_scale(method, ade, tm
     runner.train()
     assert 0 <= runner.test()['mIoU'] <= 100
     # --tta: multi-scale (6 ratios) x flip on the config's own tta pipeline
-    tta_cfg = shrink(prepare_config(seg_config(method), work_dir=str(tmp_path / 'tta')), ade)
+    tta_cfg = shrink(prepare_config(seg_config(method), work_dir=str(tmp_path / 'tta')), ade, vit)
     load_tool('test').apply_tta(tta_cfg, 'mmseg')
     tta_cfg.load_from = osp.join(str(tmp_path), 'iter_4.pth')
     tta_cfg.experiment_name = uuid.uuid4().hex
@@ -116,9 +127,9 @@ def miou_by_hand(pred_dir, ade):
 
 
 @pytest.fixture(scope='module')
-def trained_cvpt(ade, tmp_path_factory):
+def trained_cvpt(ade, vit, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('setr')
-    config = write_tiny_config('cvpt', ade, tmp / 'cvpt_tiny.py')
+    config = write_tiny_config('cvpt', ade, tmp / 'cvpt_tiny.py', vit)
     cfg = Config.fromfile(config)
     cfg.train_cfg.update(max_iters=12, val_interval=12)
     cfg.default_hooks.checkpoint.interval = 12
@@ -138,11 +149,11 @@ def test_reported_miou_equals_hand_computation(trained_cvpt, ade, tmp_path, tta)
     assert reported > 0
 
 
-def test_no_prompt_parameter_gets_the_head_lr_multiplier(ade):
+def test_no_prompt_parameter_gets_the_head_lr_multiplier(ade, vit):
     from mmengine.optim import build_optim_wrapper
     from mmseg.registry import MODELS
     for method in ('cvpt', 'e2vpt', 'ivpt', 'vpt'):
-        cfg = shrink(prepare_config(seg_config(method)), ade)
+        cfg = shrink(prepare_config(seg_config(method)), ade, vit)
         model = MODELS.build(cfg.model)
         wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
         lr_of = {id(p): group['lr'] for group in wrapper.optimizer.param_groups
@@ -154,17 +165,17 @@ def test_no_prompt_parameter_gets_the_head_lr_multiplier(ade):
         assert all(abs(lr_of[id(p)] - 1e-2) < 1e-12 for p in heads), method
 
 
-def test_cvpt_segmentation_shares_the_self_attention_weights(ade):
+def test_cvpt_segmentation_shares_the_self_attention_weights(ade, vit):
     from mmseg.registry import MODELS
-    cfg = shrink(prepare_config(seg_config('cvpt')), ade)
+    cfg = shrink(prepare_config(seg_config('cvpt')), ade, vit)
     model = MODELS.build(cfg.model)
     prompt = model.backbone.prompt
     assert prompt.cross_attn is None and prompt.ca_init == 'shared'
     assert not any('cross_attn' in n for n, _ in model.named_parameters())
 
 
-def test_two_process_gloo_training(ade, tmp_path, monkeypatch):
-    config = write_tiny_config('vpt', ade, tmp_path / 'vpt_tiny.py')
+def test_two_process_gloo_training(ade, vit, tmp_path, monkeypatch):
+    config = write_tiny_config('vpt', ade, tmp_path / 'vpt_tiny.py', vit)
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         monkeypatch.setenv('PORT', str(sock.getsockname()[1]))

@@ -18,6 +18,7 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 from mmvpt.testing import make_vtab_task  # noqa: E402
 
 PRETRAIN_CONFIG = osp.join(ROOT, 'configs/demo/vit-tiny_synthetic.py')

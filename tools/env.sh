@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates (once) and activates the Python environment mmvpt is tested with.
 #
-#   source tools/env.sh      # from the repository root: build if missing, then activate
-#   bash tools/env.sh        # only build / check it
+#   source tools/env.sh        # from the repository root: build if missing, then activate
+#   bash tools/env.sh          # only build / check it
+#   bash tools/env.sh --locate # print its path if it is built (complete), else exit 1; builds nothing
 #
 # The environment lives outside the repository (default ~/.cache/mmvpt/venv-<hash>), keyed by a
 # hash of requirements/*.txt, so clean clones reuse it and a change of pins builds a new one.
@@ -54,8 +55,22 @@ _mmvpt_build_env() {
     echo "[mmvpt] environment ready: $env" >&2
 }
 
+# Where the environment is (built or not): the one place that knows, used by every caller.
+_mmvpt_env_path() {
+    echo "${MMVPT_ENV:-$HOME/.cache/mmvpt/venv-$(_mmvpt_hash)}"
+}
+
+# For the tools (tools/_bootstrap.py, tools/find_python.sh): the environment's path when it is
+# complete; status 1, nothing printed and nothing built otherwise.
+mmvpt_locate_env() {
+    local env
+    env="$(_mmvpt_env_path 2>/dev/null)"
+    [ -f "$env/.complete" ] && echo "$env"
+}
+
 mmvpt_ensure_env() {
-    local env="${MMVPT_ENV:-$HOME/.cache/mmvpt/venv-$(_mmvpt_hash)}"
+    local env
+    env="$(_mmvpt_env_path)"
     if [ ! -f "$env/.complete" ]; then
         # One builder at a time: a second caller waits for the first.
         mkdir -p "$(dirname "$env")"
@@ -74,7 +89,12 @@ mmvpt_ensure_env() {
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-    mmvpt_ensure_env && echo "$MMVPT_ENV"
+    # Only when run: a sourcing script's own arguments are visible here as $1.
+    if [ "${1:-}" = "--locate" ]; then
+        mmvpt_locate_env
+    else
+        mmvpt_ensure_env && echo "$MMVPT_ENV"
+    fi
 else
     mmvpt_ensure_env
 fi

@@ -31,6 +31,9 @@ import statistics
 import subprocess
 import sys
 
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 TOOLS_DIR = osp.dirname(osp.abspath(__file__))
 
 # VPT (Jia et al. 2022), appendix: base lrs scaled by batch / 256, weight decays, seeds.

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Shared by slurm_train.sh and slurm_test.sh: runs tools/SCRIPT with srun, one task per GPU.
 #   [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] tools/srun.sh PARTITION JOB_NAME SCRIPT [args...]
+DIR="$(cd "$(dirname "$0")" && pwd)"
+# Before `set -x`: when no python can run the tools, its one line is all that is printed.
+source "$DIR/find_python.sh"  # PYTHON: $PYTHON / python if it has torch, else mmvpt's environment
 set -x
 PARTITION=$1
 JOB_NAME=$2
@@ -9,8 +12,6 @@ GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
-PYTHON=${PYTHON:-python}
-DIR="$(cd "$(dirname "$0")" && pwd)"
 
 PYTHONPATH="$DIR/..${PYTHONPATH:+:$PYTHONPATH}" \
 srun -p "${PARTITION}" \

@@ -13,9 +13,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.apis import ConfigError, init_distributed, prepare_config  # noqa: E402
+from mmvpt.apis import (ConfigError, finish_distributed, init_distributed,  # noqa: E402
+                        prepare_config)
 
 
 def parse_args(argv=None):
@@ -83,6 +85,7 @@ def main(argv=None):
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     metrics = runner.test()
+    finish_distributed()
     return metrics
 
 

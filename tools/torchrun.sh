@@ -9,8 +9,8 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
 DIR="$(cd "$(dirname "$0")" && pwd)"
+source "$DIR/find_python.sh"  # PYTHON: $PYTHON / python if it has torch, else mmvpt's environment
 
 PYTHONPATH="$DIR/..${PYTHONPATH:+:$PYTHONPATH}" \
 exec "$PYTHON" -m torch.distributed.run \

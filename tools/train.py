@@ -9,9 +9,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.apis import init_distributed, prepare_config  # noqa: E402
+from mmvpt.apis import (add_training_hooks, finish_distributed, init_distributed,  # noqa: E402
+                        prepare_config)
 
 
 def parse_args(argv=None):
@@ -53,9 +55,7 @@ def main(argv=None):
             raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, not {wrapper.type!r}')
         wrapper.type = 'AmpOptimWrapper'
         wrapper.setdefault('loss_scale', 'dynamic')
-    hooks = cfg.get('custom_hooks') or []
-    if not any(str(h.get('type', '')).endswith('ParameterReportHook') for h in hooks):
-        cfg.custom_hooks = list(hooks) + [dict(type='mmvpt.ParameterReportHook')]
+    add_training_hooks(cfg)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
 
@@ -65,6 +65,7 @@ def main(argv=None):
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    finish_distributed()
 
 
 if __name__ == '__main__':

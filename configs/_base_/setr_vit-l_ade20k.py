@@ -22,6 +22,10 @@ model = dict(
         frozen=True,
         init_cfg=dict(type='Pretrained',
                       checkpoint='pretrained/jx_vit_large_p16_384-b3be5167.pth')))
+# Atomic checkpoints with every rank's random state (exact --resume; mmseg's interval stays);
+# images without annotations (or the reverse) and too few classes named before training.
+default_hooks = dict(checkpoint=dict(type='mmvpt.CheckpointHook'),
+                     data_check=dict(type='mmvpt.DataCheckHook'))
 # The heads' lr x10 matches parameter names containing 'head' (decode_head, auxiliary_head);
 # no prompt parameter has 'head' in its name (tests/test_seg.py checks).
 custom_hooks = [dict(type='mmvpt.ParameterReportHook'), dict(type='mmvpt.TunedCheckpointHook')]

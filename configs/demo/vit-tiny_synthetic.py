@@ -70,5 +70,6 @@ test_cfg = dict()
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=3, max_keep_ckpts=1))
+    checkpoint=dict(type='mmvpt.CheckpointHook', interval=3, max_keep_ckpts=1),
+    data_check=dict(type='mmvpt.DataCheckHook'))
 randomness = dict(seed=0, deterministic=False)

@@ -135,12 +135,33 @@ def init_distributed(launcher, port=None):
         torch.distributed.init_process_group(backend='gloo')
 
 
+def finish_distributed():
+    """Waits for every rank, then closes the process group: a rank that exits while another
+    still writes its checkpoint can otherwise abort in the communication library's threads."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def add_training_hooks(cfg):
+    """What mmvpt's train tool adds to any config: its CheckpointHook in place of MMEngine's
+    (same arguments; atomic writes, exact resume) and the parameter report."""
+    checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if checkpoint is not None and checkpoint.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
+        checkpoint['type'] = 'mmvpt.CheckpointHook'
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(str(h.get('type', '')).endswith('ParameterReportHook') for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='mmvpt.ParameterReportHook')]
+    return cfg
+
+
 def prepare_config(config_path, cfg_options=None, work_dir=None, launcher='none'):
     """Loads a config and makes it ready for MMEngine's runner on this machine.
 
     Imports the host library and mmvpt, checks mmvpt types, sets the work dir
-    (default ``./work_dirs/<config name>``), adapts the config to the device and lets
-    MMEngine load its own checkpoints under torch >= 2.6.
+    (default ``./work_dirs/<config name>``), adapts the config to the device, checks the
+    data before it is used (``mmvpt.DataCheckHook``) and lets MMEngine load its own
+    checkpoints under torch >= 2.6.
     """
     if not osp.isfile(config_path):
         raise FileNotFoundError(f'config file {config_path!r} does not exist')
@@ -157,5 +178,7 @@ def prepare_config(config_path, cfg_options=None, work_dir=None, launcher='none'
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
     adapt_to_device(cfg, launcher)
+    # Bad data (missing or empty images, too few classes) named before training or testing.
+    cfg.setdefault('default_hooks', dict()).setdefault('data_check', dict(type='mmvpt.DataCheckHook'))
     register_checkpoint_loader()
     return cfg

@@ -5,6 +5,7 @@ import os.path as osp
 from mmpretrain.datasets import BaseDataset
 
 from mmvpt.registry import DATASETS
+from .sample_source import SAMPLE_SOURCE_KEY, SampleSourceMixin, json_key_source
 
 # canonical name: (classes, folder names seen, image root inside the task folder)
 FGVC_TASKS = {
@@ -18,13 +19,14 @@ FGVC_SPLITS = ('train', 'val', 'trainval', 'test')
 
 
 @DATASETS.register_module()
-class FGVC(BaseDataset):
+class FGVC(SampleSourceMixin, BaseDataset):
     """One FGVC task: ``<data_root>/<task folder>/{train,val,test}.json``, each a dict
     ``{"relative/image/path": class_id}``.
 
     Class ids are remapped through the sorted set of ids found in all the task's JSON
     files, so every split shares one mapping. ``trainval`` joins train and val (VPT's
-    final training set).
+    final training set). A listed image that is missing or empty fails when the splits load,
+    one that does not decode when it is loaded, both named with the JSON file, key and path.
 
     Args:
         data_root: the folder holding the task folders.
@@ -76,7 +78,8 @@ class FGVC(BaseDataset):
         image_dir = osp.join(self.data_root, self.image_root)
         data_list = []
         for split in splits:
-            _, annotations = self._read(split)
-            data_list += [dict(img_path=osp.join(image_dir, path), gt_label=to_label[class_id])
+            path_of_split, annotations = self._read(split)
+            data_list += [dict(img_path=osp.join(image_dir, path), gt_label=to_label[class_id],
+                               **{SAMPLE_SOURCE_KEY: json_key_source(path_of_split, path)})
                           for path, class_id in annotations.items()]
         return data_list

@@ -4,6 +4,7 @@ import os.path as osp
 from mmpretrain.datasets import BaseDataset
 
 from mmvpt.registry import DATASETS
+from .sample_source import SAMPLE_SOURCE_KEY, SampleSourceMixin, line_source
 
 # canonical folder: (group, classes, folder aliases seen in other repos)
 VTAB_TASKS = {
@@ -39,8 +40,8 @@ def canonical_vtab_task(task):
 
 
 def read_list_file(path, num_classes):
-    """``relative/path label`` lines -> [(path, label)], with the file and line named for
-    any line that does not parse or whose label is outside [0, num_classes)."""
+    """``relative/path label`` lines -> [(path, label, line number)], with the file and line
+    named for any line that does not parse or whose label is outside [0, num_classes)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'list file {path} does not exist')
     samples = []
@@ -56,15 +57,17 @@ def read_list_file(path, num_classes):
             if not 0 <= label < num_classes:
                 raise ValueError(f'{path}:{number}: label {label} outside the class range '
                                  f'0..{num_classes - 1}')
-            samples.append((parts[0], label))
+            samples.append((parts[0], label, number))
     return samples
 
 
 @DATASETS.register_module()
-class ListFileDataset(BaseDataset):
+class ListFileDataset(SampleSourceMixin, BaseDataset):
     """Images in a folder with one list file per split: ``<data_root>/<split>.txt``, each
     line ``relative/path label`` (paths relative to ``data_root``), labels in
     ``[0, num_classes)``. The format of VTAB-1k, and the quickest way to bring your own data.
+    A listed image that is missing or empty fails when the list loads, one that does not
+    decode when it is loaded, both named with the list file, line and path.
 
     Args:
         data_root: the folder holding the images and list files.
@@ -85,8 +88,9 @@ class ListFileDataset(BaseDataset):
         super().__init__(ann_file=f'{split}.txt', data_root=data_root, data_prefix='', **kwargs)
 
     def load_data_list(self):
-        return [dict(img_path=osp.join(self.data_root, path), gt_label=label)
-                for path, label in read_list_file(self.ann_file, self.num_classes)]
+        return [dict(img_path=osp.join(self.data_root, path), gt_label=label,
+                     **{SAMPLE_SOURCE_KEY: line_source(self.ann_file, number)})
+                for path, label, number in read_list_file(self.ann_file, self.num_classes)]
 
 
 @DATASETS.register_module()

@@ -1,13 +1,15 @@
-"""Load MMEngine checkpoints under torch >= 2.6, where ``torch.load`` defaults to
+"""MMEngine checkpoints under torch >= 2.6, whose ``torch.load`` defaults to
 ``weights_only=True``.
 
-MMEngine 0.10.7 calls ``torch.load`` without ``weights_only``; its checkpoints carry a
-message hub (``HistoryBuffer`` objects holding numpy arrays) and numpy scalars in ``meta``,
-which the weights-only unpickler refuses, so resume, ``load_from`` and ``tools/test.py``
-break. We replace MMEngine's loader for local paths with one that first tries the
-weights-only unpickler with those few MMEngine/numpy types allowed, and only for a file that
-still needs more falls back to the full unpickler (checkpoints are the user's own files).
+MMEngine 0.10.7 checkpoints carry a message hub (``HistoryBuffer`` logs holding numpy arrays)
+and numpy scalars in ``meta``, which the weights-only unpickler refuses. Importing mmvpt
+(:func:`allow_mmengine_checkpoint_types`) makes the logs pickle by value and allows those few
+types, so OpenMMLab's own loaders read the checkpoints written from then on. mmvpt's tools
+also load local files through :func:`load_local_checkpoint`, which reads older checkpoints
+(MMEngine's own pickling) with the full unpickler when the weights-only one refuses them
+(checkpoints are the user's own files).
 """
+import copyreg
 import logging
 import os
 import pickle
@@ -36,15 +38,39 @@ def _mmengine_safe_globals():
     return allowed
 
 
+def _reduce_history_buffer(buffer):
+    # By value: MMEngine's own pickling stores its statistics methods, which unpickle
+    # through builtins.getattr, a global the weights-only loader can never allow.
+    return type(buffer), (buffer._log_history, buffer._count_history, buffer.max_length)
+
+
+def allow_mmengine_checkpoint_types():
+    """Lets ``torch.load``'s weights-only default (torch >= 2.6) read the checkpoints MMEngine
+    writes from now on, so OpenMMLab's own loaders (``load_checkpoint``, the mmpretrain and
+    mmseg inferencers) read mmvpt's checkpoints as they are: the few MMEngine and numpy
+    types they hold are allowed, and MMEngine's ``HistoryBuffer`` (the message hub's logs)
+    is pickled by value."""
+    from mmengine.logging import HistoryBuffer
+    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
+    if hasattr(torch.serialization, 'add_safe_globals'):  # torch >= 2.4
+        torch.serialization.add_safe_globals(_mmengine_safe_globals())
+
+
 def load_local_checkpoint(filename, map_location=None):
-    """Drop-in for MMEngine's ``load_from_local`` that works under torch >= 2.6."""
+    """Drop-in for MMEngine's ``load_from_local`` that works under any torch (>= 2.1)."""
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'checkpoint file {filename!r} does not exist')
+    if not hasattr(torch.serialization, 'add_safe_globals'):
+        # torch < 2.4 has no allowlist, and loads everything by default anyway.
+        return torch.load(filename, map_location=map_location, weights_only=False)
+    # Not torch's safe_globals context: on exit it removes the types from the allowlist
+    # that importing mmvpt filled for every loader.
+    allow_mmengine_checkpoint_types()
     try:
-        with torch.serialization.safe_globals(_mmengine_safe_globals()):
-            return torch.load(filename, map_location=map_location, weights_only=True)
+        return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        # Checkpoints written without mmvpt (MMEngine's own HistoryBuffer pickling).
         print_log(f'{filename} holds objects beyond tensors and MMEngine state '
                   f'({str(err).splitlines()[0]}); loading it with the full unpickler',
                   logger='current', level=logging.DEBUG)

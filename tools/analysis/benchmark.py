@@ -15,11 +15,12 @@ import os.path as osp
 import sys
 import time
 
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmvpt.models import PromptedViT  # noqa: E402
 from mmvpt.utils import parameter_report  # noqa: E402

@@ -10,6 +10,7 @@ from mmengine.logging import print_log
 
 from mmvpt.models.prompts.base import check_choices
 from mmvpt.registry import HOOKS
+from mmvpt.utils.atomic_io import atomic_write
 from mmvpt.utils.param_report import format_parameter_report, parameter_report
 from .tuned_checkpoint_hook import prompt_methods, unwrap
 
@@ -215,5 +216,5 @@ class PromptPruningHook(Hook):
         if is_main_process():
             payload = dict(token_fraction=self.token_fraction, segment_fraction=self.segment_fraction,
                            score=self.score, scope=self.scope, rewind=self.rewind, prompts=self.result)
-            with open(osp.join(runner.work_dir, 'prompt_pruning.json'), 'w') as f:
-                json.dump(payload, f, indent=1)
+            atomic_write(osp.join(runner.work_dir, 'prompt_pruning.json'),
+                         json.dumps(payload, indent=1))

@@ -1,0 +1,15 @@
+"""Random backbone weights saved in a real checkpoint format: the "pretrained" backbone that
+tests put under tuned-only checkpoints (no download)."""
+import timm
+import torch
+
+
+def write_random_vit(path, arch='vit_base_patch16_224', img_size=224, seed=0, **arch_cfg):
+    """Saves a randomly initialised timm ViT (``arch`` with ``arch_cfg`` overrides, no head)
+    as a timm ``.pth`` state dict, the format of timm's released weights. Returns ``path``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size,
+                                  **arch_cfg)
+    torch.save(model.state_dict(), path)
+    return str(path)
