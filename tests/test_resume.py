@@ -197,3 +197,27 @@ def test_train_tool_swaps_in_the_atomic_checkpoint_hook(tmp_path):
     hook = cfg.default_hooks.checkpoint
     assert (hook.type, hook.interval, hook.max_keep_ckpts) == ('mmvpt.CheckpointHook', 2, 1)
     assert cfg.custom_hooks[-1] == dict(type='mmvpt.ParameterReportHook')
+
+
+def test_ranks_without_a_saved_state_resume_with_a_warning():
+    from types import SimpleNamespace
+
+    from mmengine.logging import MMLogger
+
+    from mmvpt.engine.hooks import CheckpointHook
+    from mmvpt.engine.hooks.checkpoint_hook import get_rng_state
+    loader = SimpleNamespace(sampler=SimpleNamespace(seed=5), worker_init_fn=None, num_workers=0,
+                             persistent_workers=False)
+    runner = SimpleNamespace(_resume=True, train_dataloader=loader)
+    logger = MMLogger.get_instance(f'rng_{uuid.uuid4().hex}')
+    messages = []
+    # print_log(logger='current') logs to the newest logger
+    logger.log = lambda level, message: messages.append(message)
+    hook = CheckpointHook(interval=1)
+    hook.after_load_checkpoint(runner, dict(meta=dict(seed=7)))  # a checkpoint without states
+    assert hook._resumed_rng_state is None
+    assert len(messages) == 1 and 'no random state for rank 0 (it has 0)' in messages[0]
+    assert loader.sampler.seed == 7  # the interrupted run's data order all the same
+    state = get_rng_state()
+    hook.after_load_checkpoint(runner, dict(meta=dict(seed=7), rng_state=[state]))
+    assert hook._resumed_rng_state is state and len(messages) == 1

@@ -1,5 +1,6 @@
 """MMEngine's CheckpointHook, safe to kill at any moment and exact to resume."""
 import glob
+import logging
 import os
 import os.path as osp
 import random
@@ -36,7 +37,8 @@ def set_rng_state(state):
         if len(state['cuda']) != torch.cuda.device_count():
             print_log(f'the checkpoint has the random state of {len(state["cuda"])} CUDA devices, '
                       f'this process sees {torch.cuda.device_count()}: CUDA random numbers after '
-                      'resuming differ from an uninterrupted run', logger='current', level='WARNING')
+                      'resuming differ from an uninterrupted run', logger='current',
+                      level=logging.WARNING)
         else:
             torch.cuda.set_rng_state_all(state['cuda'])
 
@@ -139,7 +141,7 @@ class CheckpointHook(MMEngineCheckpointHook):
             print_log(f'the checkpoint has no random state for rank {rank} (it has '
                       f'{len(states)}): this rank resumes with a fresh seed, so its random '
                       'numbers differ from an uninterrupted run', logger='current',
-                      level='WARNING')
+                      level=logging.WARNING)
         self._keep_data_order(runner, checkpoint.get('meta', {}).get('seed'))
 
     @staticmethod
@@ -158,7 +160,7 @@ class CheckpointHook(MMEngineCheckpointHook):
         if loader.num_workers > 0 and loader.persistent_workers:
             print_log('persistent data workers restart with their initial seeds after resuming: '
                       'random augmentations done in workers differ from an uninterrupted run',
-                      logger='current', level='WARNING')
+                      logger='current', level=logging.WARNING)
 
     def _restore_resumed_rng_state(self):
         if self._resumed_rng_state is not None:
