@@ -183,15 +183,24 @@ def cvpt_run(tiny_vtab, tmp_path_factory):
 
 
 def test_test_tool_runs_from_backbone_plus_tuned_checkpoint(cvpt_run, tiny_vtab, tmp_path):
+    import pickle
     config, runner, _ = cvpt_run
-    in_memory = runner.test()['accuracy/top1']
     ckpt = osp.join(runner.work_dir, 'epoch_2.pth')
     state = load_local_checkpoint(ckpt)['state_dict']
     assert not any(k.startswith('backbone.vit.') for k in state)
     assert any('.cross_attn.' in k for k in state)  # the learnable copy is tuned
-    proc = run_tool('test.py', config, ckpt, '--work-dir', str(tmp_path), '--cfg-options',
-                    *data_options(tiny_vtab))
-    assert f'accuracy/top1: {in_memory:.4f}' in proc.stdout
+    run_tool('test.py', config, ckpt, '--work-dir', str(tmp_path), '--out',
+             str(tmp_path / 'preds.pkl'), '--cfg-options', *data_options(tiny_vtab))
+    with open(tmp_path / 'preds.pkl', 'rb') as f:
+        from_checkpoint = {p['img_path']: p['pred_score'] for p in pickle.load(f)}
+    # Every image's scores are those of the trained model in memory, not only the accuracy.
+    runner.model.eval()
+    with torch.no_grad():
+        in_memory = {s.img_path: s.pred_score for batch in runner.test_dataloader
+                     for s in runner.model.test_step(batch)}
+    assert from_checkpoint.keys() == in_memory.keys() and len(in_memory) == 32
+    for path, scores in in_memory.items():
+        torch.testing.assert_close(from_checkpoint[path], scores, rtol=0, atol=1e-6)
 
 
 def checkpoint_files(work_dir):
