@@ -1,5 +1,7 @@
 """tools/dist_train.sh with 2 gloo processes on CPU, on one node and as two nodes: both ranks
-train and end equal, also after being killed and resumed."""
+train and end equal, also after being killed and resumed; pruning scores are the mean over
+ranks."""
+import json
 import os
 import os.path as osp
 import socket
@@ -10,6 +12,8 @@ import torch
 from mmvpt.utils import load_local_checkpoint
 
 from .conftest import DEMO_CONFIG, ROOT, data_options, pretrained_line, run_tool, tool_env
+from .helpers.pruning_reference import batches_of, reference_scores
+from .test_hooks import make_runner
 
 
 def free_port():
@@ -140,3 +144,66 @@ def test_two_nodes_train_killed_and_resumed_equal_an_uninterrupted_run(tiny_vtab
     ranks = [torch.load(osp.join(resumed, f'params_after_rank{r}.pth')) for r in (0, 1)]
     for name, value in ranks[0]['params'].items():
         assert torch.equal(ranks[1]['params'][name], value), name
+
+
+def test_two_process_pruning_scores_are_the_mean_over_both_ranks(tiny_vtab, tmp_path, monkeypatch):
+    """Rank r scores on its own shard (images r, r + 2, ...); the scores written and the masks
+    must come from the mean of both ranks' scores, recomputed here in one process from the
+    weights both ranks had when they scored. (DDP would make the masks agree anyway, from rank
+    0's scores alone, at the next forward: this run ends before one.)"""
+    config = tmp_path / 'prune_mean_config.py'
+    config.write_text(
+        f"_base_ = [{DEMO_CONFIG!r}]\n"
+        "model = dict(backbone=dict(frozen=True, prompt=dict(type='mmvpt.E2VPT', num_tokens=4, "
+        "num_kv_tokens=1, num_segments=4, dropout=0.)))\n"
+        "custom_imports = dict(imports=['mmvpt', 'tests.helpers.dump_params_hook', "
+        "'tests.helpers.dump_before_pruning_hook'])\n"
+        "custom_hooks = [dict(type='DumpParamsHook'), dict(type='DumpBeforePruningHook', epoch=1), "
+        "dict(type='mmvpt.PromptPruningHook', prune_after=1, token_fraction=0.5, segment_fraction=0.5)]\n"
+        # Not shuffled: rank r's 2 batches of 16 are images r, r + 2, ... in order.
+        "train_dataloader = dict(batch_size=16, sampler=dict(shuffle=False))\n"
+        "train_cfg = dict(max_epochs=1)\n")
+    work_dir = str(tmp_path / 'work')
+    monkeypatch.setenv('PORT', str(free_port()))
+    run_tool('dist_train.sh', str(config), '2', '--work-dir', work_dir, '--no-validate',
+             '--cfg-options', *data_options(tiny_vtab))
+
+    scored = [torch.load(osp.join(work_dir, f'before_pruning_rank{r}.pth')) for r in (0, 1)]
+    for name, value in scored[0].items():
+        assert torch.equal(scored[1][name], value), name
+    after = [torch.load(osp.join(work_dir, f'params_after_rank{r}.pth'))['buffers'] for r in (0, 1)]
+    with open(osp.join(work_dir, 'prompt_pruning.json')) as f:
+        result = json.load(f)['prompts']['backbone.prompt']
+
+    runner = make_runner(str(config), tmp_path / 'one_process', tiny_vtab)
+    model, method = runner.model, runner.model.backbone.prompt
+    model.load_state_dict(scored[0])
+    dataset = runner.train_dataloader.dataset
+    shards = [batches_of(dataset, range(rank, len(dataset), 2), 16) for rank in (0, 1)]
+    assert len(dataset) == 64 and [len(s) for s in shards] == [2, 2]
+
+    def close(got, want):
+        torch.testing.assert_close(torch.tensor(got), want, rtol=1e-4,
+                                   atol=1e-4 * want.abs().max().item())
+
+    def differ(a, b):
+        assert (a - b).abs().max() > 0.05 * b.abs().max()
+
+    per_rank = [reference_scores(model, shard)[0] for shard in shards]
+    token_scores = (per_rank[0] + per_rank[1]) / 2
+    differ(per_rank[0], token_scores)  # rank 0's scores alone would be told apart
+    close(result['token_scores'], token_scores)
+    ranked = token_scores.sort(-1, descending=True)
+    assert (ranked.values[:, 1] - ranked.values[:, 2] > 1e-3 * token_scores.max()).all()
+    top = torch.zeros(4, 4).scatter_(-1, ranked.indices[:, :2], 1.)
+    for buffers in after:
+        assert torch.equal(buffers['backbone.prompt.token_mask'], top)
+
+    with torch.no_grad():  # segments are scored on the token-pruned model
+        method.token_mask.copy_(top)
+    per_rank = [reference_scores(model, shard)[1] for shard in shards]
+    segment_scores = (per_rank[0] + per_rank[1]) / 2
+    differ(per_rank[0], segment_scores)
+    close(result['segment_scores'], segment_scores)
+    segment_masks = [buffers['backbone.prompt.segment_mask'] for buffers in after]
+    assert torch.equal(segment_masks[0], segment_masks[1])
