@@ -52,7 +52,7 @@ def test_missing_and_empty_images_fail_when_the_list_loads(tmp_path):
     assert 'test.txt:1:' not in message and 'test.txt:3:' not in message
     # the joined split names the joined list's own line: 6 train lines, then val200's
     os.remove(image(task, 'val200', 2))
-    with pytest.raises(DataError, match=rf'train800val200\.txt:9: image .*/val200/000002\.jpg '
+    with pytest.raises(DataError, match=r'train800val200\.txt:9: image .*/val200/000002\.jpg '
                                         'does not exist'):
         VTAB1k(str(tmp_path), 'dtd', split='train800val200')
     assert len(VTAB1k(str(tmp_path), 'dtd', split='train800')) == 6  # untouched split loads
@@ -109,7 +109,7 @@ def test_undecodable_image_is_named_when_loaded(undecodable_task):
     assert str(error.value).startswith(
         f'{task}/test.txt:3: sample {image(task, "test", 2)} failed to load: ')
     assert error.value.__cause__ is not None  # the decoder's own error stays chained
-    with pytest.raises(DataError, match=rf'test\.txt:5: sample .*/000004\.jpg failed to load'):
+    with pytest.raises(DataError, match=r'test\.txt:5: sample .*/000004\.jpg failed to load'):
         dataset[4]
 
 

@@ -1,11 +1,14 @@
 """Each method's forward equals a plain re-statement of its equations (tests/vit_reference.py)
-on a tiny ViT, in eval mode (no dropout)."""
+on a tiny ViT: in eval mode (no dropout), and in train mode given the prompt dropout masks the
+model drew."""
 import pytest
 import torch
 
 from mmvpt.models import PromptedViT
 
 from . import vit_reference as ref
+from .prompt_dropout import (PROMPT_DROPOUT, dropped, masks_per_draw, record_prompt_dropout,
+                             spy_folded_cross_attention)
 
 TINY = dict(arch='vit_base_patch16_224', img_size=32,
             arch_cfg=dict(patch_size=8, embed_dim=32, depth=3, num_heads=4))
@@ -39,6 +42,51 @@ def check(model, expected, images):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
+# -- reference forwards ---------------------------------------------------------------------
+def tokens_reference(model, images, prompts, kv=None, kv_first=True, ar_prompts=None):
+    """Prompt tokens after CLS: block i gets ``prompts(i)`` ((P, D), or (B, P, D) per sample),
+    replacing the previous block's prompt outputs, or keeps them when it is None. ``kv(i)``:
+    E²VPT key-value prompts; ``ar_prompts`` (L - 1, k, D): iVPT's attentive reinforcement."""
+    B = images.shape[0]
+    x = ref.embed(model.vit, images)
+    num_prompts = 0
+    for i, blk in enumerate(model.vit.blocks):
+        p = prompts(i)
+        if p is not None:
+            x = torch.cat([x[:, :1], p.expand(B, -1, -1), x[:, 1 + num_prompts:]], 1)
+            num_prompts = p.shape[-2]
+        x, a = ref.block(blk, x, kv=None if kv is None else kv(i), kv_first=kv_first)
+        if ar_prompts is not None and i < L - 1:
+            k = ar_prompts.shape[1]
+            cls_to_image = a[:, :, 0, 1 + num_prompts:].mean(1)  # (B, image tokens)
+            order = cls_to_image.argsort(dim=-1, descending=True)[:, :k]
+            x = x.clone()
+            for b in range(B):
+                for j in range(k):
+                    x[b, 1 + num_prompts + order[b, j]] += ar_prompts[i, j]
+    return finish(model, x)
+
+
+def cvpt_reference(model, images, prompts, insert=3, cross_attn=None):
+    """CVPT: block i cross-attends to ``prompts(i)`` ((P, D) or (B, P, D)) at ``insert``,
+    with ``cross_attn(i)``'s weights (default: the block's own attention)."""
+    x = ref.embed(model.vit, images)
+    for i, blk in enumerate(model.vit.blocks):
+        attn = blk.attn if cross_attn is None else cross_attn(i)
+        x, _ = ref.block(blk, x, ca=lambda h: ref.cross_attention(attn, h, prompts(i)), insert=insert)
+    return finish(model, x)
+
+
+def ivpt_mixed_prompts(m):
+    """P̂^0 = P^0, P̂^i = P^i + Γ^(i-1) P^(i-1) (Γ = I without dynamic aggregation)."""
+    P = m.prompts
+    mixed = [P[0]]
+    for i in range(1, L):
+        gamma = m.aggregation[i - 1] if m.aggregation is not None else torch.eye(P.shape[1])
+        mixed.append(P[i] + gamma @ P[i - 1])
+    return mixed
+
+
 def test_no_prompt_equals_timm(images):
     model = build(None)
     with torch.no_grad():
@@ -50,13 +98,8 @@ def test_no_prompt_equals_timm(images):
 def test_vpt(images, deep):
     model = build(dict(type='mmvpt.VPT', num_tokens=4, deep=deep))
     P = model.prompt.prompts
-    x = ref.embed(model.vit, images)
-    for i, blk in enumerate(model.vit.blocks):
-        if i == 0 or deep:
-            x = torch.cat([x[:, :1], P[i if deep else 0].expand(2, -1, -1),
-                           x[:, 1 + (4 if i else 0):]], dim=1)
-        x, _ = ref.block(blk, x)
-    check(model, finish(model, x), images)
+    expected = tokens_reference(model, images, lambda i: P[i] if deep else (P[0] if i == 0 else None))
+    check(model, expected, images)
 
 
 @pytest.mark.parametrize('share_kv', [True, False])
@@ -66,12 +109,10 @@ def test_e2vpt_visual_and_kv_prompts(images, share_kv, kv_location):
                        kv_location=kv_location))
     m = model.prompt
     assert m.kv_prompts.shape == (L, H, 3, D // H)
-    x = ref.embed(model.vit, images)
-    for i, blk in enumerate(model.vit.blocks):
-        x = torch.cat([x[:, :1], m.prompts[i].expand(2, -1, -1), x[:, 1 + (4 if i else 0):]], 1)
-        kv = (m.kv_prompts[i], m.kv_prompts[i] if share_kv else m.v_prompts[i])
-        x, _ = ref.block(blk, x, kv=kv, kv_first=kv_location == 'before')
-    check(model, finish(model, x), images)
+    expected = tokens_reference(
+        model, images, lambda i: m.prompts[i], kv_first=kv_location == 'before',
+        kv=lambda i: (m.kv_prompts[i], m.kv_prompts[i] if share_kv else m.v_prompts[i]))
+    check(model, expected, images)
 
 
 def test_e2vpt_kv_location_is_equivalent_for_vit(images):
@@ -95,9 +136,8 @@ def test_e2vpt_pruning_masks(images, prune_mode, layout):
     segment_mask[2, 3, 0] = 0
     m.token_mask.copy_(token_mask)
     m.segment_mask.copy_(segment_mask)
-    x = ref.embed(model.vit, images)
-    num_prev = 0
-    for i, blk in enumerate(model.vit.blocks):
+
+    def pruned(i):
         dims = torch.ones(4, D)
         for t in range(4):
             for r in range(4):
@@ -107,12 +147,9 @@ def test_e2vpt_pruning_masks(images, prune_mode, layout):
                     else:
                         dims[t, r::4] = 0
         prompts = m.prompts[i] * dims * token_mask[i, :, None]
-        if prune_mode == 'remove':
-            prompts = prompts[token_mask[i].bool()]
-        x = torch.cat([x[:, :1], prompts.expand(2, -1, -1), x[:, 1 + num_prev:]], 1)
-        num_prev = prompts.shape[0]
-        x, _ = ref.block(blk, x, kv=(m.kv_prompts[i], m.kv_prompts[i]))
-    check(model, finish(model, x), images)
+        return prompts[token_mask[i].bool()] if prune_mode == 'remove' else prompts
+    expected = tokens_reference(model, images, pruned, kv=lambda i: (m.kv_prompts[i], m.kv_prompts[i]))
+    check(model, expected, images)
 
 
 def test_e2vpt_zero_length_prompts_equal_plain_model(images):
@@ -129,10 +166,7 @@ def test_e2vpt_zero_length_prompts_equal_plain_model(images):
 def test_cvpt_every_insert_position(images, insert, num_tokens):
     model = build(dict(type='mmvpt.CVPT', num_tokens=num_tokens, insert=insert))
     P = model.prompt.prompts
-    x = ref.embed(model.vit, images)
-    for i, blk in enumerate(model.vit.blocks):
-        x, _ = ref.block(blk, x, ca=lambda h: ref.cross_attention(blk.attn, h, P[i]), insert=insert)
-    check(model, finish(model, x), images)
+    check(model, cvpt_reference(model, images, lambda i: P[i], insert=insert), images)
 
 
 @pytest.mark.parametrize('ca_init,ca_trainable', [('shared', True), ('random', False),
@@ -142,14 +176,12 @@ def test_cvpt_own_cross_attention(images, ca_init, ca_trainable):
     m = model.prompt
     assert all(p.requires_grad == ca_trainable for p in m.cross_attn.parameters())
     model.init_weights()  # binds: copies the self-attention for ca_init='shared'
-    x = ref.embed(model.vit, images)
-    for i, blk in enumerate(model.vit.blocks):
-        ca = m.cross_attn[i]
+    for ca, blk in zip(m.cross_attn, model.vit.blocks):
         if ca_init == 'shared':
             torch.testing.assert_close(ca.qkv.weight, blk.attn.qkv.weight, rtol=0, atol=0)
             assert ca.qkv.weight.data_ptr() != blk.attn.qkv.weight.data_ptr()
-        x, _ = ref.block(blk, x, ca=lambda h: ref.cross_attention(ca, h, m.prompts[i]), insert=3)
-    check(model, finish(model, x), images)
+    expected = cvpt_reference(model, images, lambda i: m.prompts[i], cross_attn=lambda i: m.cross_attn[i])
+    check(model, expected, images)
 
 
 @pytest.mark.parametrize('da', [True, False])
@@ -160,24 +192,9 @@ def test_ivpt(images, da, k):
     if da:
         with torch.no_grad():  # away from the identity init, so Γ matters
             m.aggregation.add_(torch.randn_like(m.aggregation) * 0.3)
-    P = m.prompts
-    x = ref.embed(model.vit, images)
-    for i, blk in enumerate(model.vit.blocks):
-        if i == 0:
-            hat = P[0]
-        else:
-            gamma = m.aggregation[i - 1] if da else torch.eye(4)
-            hat = P[i] + gamma @ P[i - 1]
-        x = torch.cat([x[:, :1], hat.expand(2, -1, -1), x[:, 1 + (4 if i else 0):]], 1)
-        x, a = ref.block(blk, x)
-        if k and i < L - 1:
-            cls_to_image = a[:, :, 0, 1 + 4:].mean(1)  # (B, image tokens)
-            order = cls_to_image.argsort(dim=-1, descending=True)[:, :k]
-            x = x.clone()
-            for b in range(2):
-                for j in range(k):
-                    x[b, 1 + 4 + order[b, j]] += m.ar_prompts[i, j]
-    check(model, finish(model, x), images)
+    assert (m.aggregation is not None) == da
+    mixed = ivpt_mixed_prompts(m)
+    check(model, tokens_reference(model, images, lambda i: mixed[i], ar_prompts=m.ar_prompts), images)
 
 
 def test_ivpt_ar_adds_in_descending_attention_order():
@@ -191,3 +208,124 @@ def test_ivpt_ar_adds_in_descending_attention_order():
     assert out[0, 2 + 1].tolist() == [1., 0, 0, 0]
     assert out[0, 2 + 0].tolist() == [0, 10., 0, 0]
     assert out[0, :2].abs().sum() == 0 and out[0, 2 + 2].abs().sum() == 0
+
+
+# -- CVPT's own trainable cross-attention ------------------------------------------------------
+@pytest.mark.parametrize('num_tokens', [5, 12])  # folded and plain cross-attention
+def test_cvpt_trainable_cross_attention_copy_is_used_and_trains(images, num_tokens):
+    model = build(dict(type='mmvpt.CVPT', num_tokens=num_tokens, ca_trainable=True))
+    m = model.prompt
+    model.init_weights()  # the copies start equal to the block attention...
+    with torch.no_grad():  # ...so move them away: the forward must follow the copies
+        for p in m.cross_attn.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        with_copies = cvpt_reference(model, images, lambda i: m.prompts[i],
+                                     cross_attn=lambda i: m.cross_attn[i])
+        with_block_attention = cvpt_reference(model, images, lambda i: m.prompts[i])
+    check(model, with_copies, images)
+    assert (with_copies - with_block_attention).abs().max() > 1e-2
+
+    # one optimizer step moves every tensor of every copy; the backbone stays as it was
+    model.train()
+    backbone = {n: p.clone() for n, p in model.vit.named_parameters()}
+    copies = {n: p.detach().clone() for n, p in m.cross_attn.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(images)[0].pow(2).sum().backward()
+    optimizer.step()
+    assert len(copies) == 4 * L  # qkv and proj, weight and bias, per block
+    for name, p in m.cross_attn.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert (p - copies[name]).abs().max() > 0, name
+    for name, p in model.vit.named_parameters():
+        assert torch.equal(p, backbone[name]), name
+
+
+# -- train mode: prompt dropout -----------------------------------------------------------------
+TRAIN_METHODS = {
+    'vpt_deep': dict(type='mmvpt.VPT', num_tokens=4),
+    'vpt_shallow': dict(type='mmvpt.VPT', num_tokens=4, deep=False),
+    'e2vpt': dict(type='mmvpt.E2VPT', num_tokens=4, num_kv_tokens=3),
+    # 5 x 4 heads: the folded cross-attention (W_q, W_o on the prompt side); 12: the plain one
+    'cvpt_folded': dict(type='mmvpt.CVPT', num_tokens=5),
+    'cvpt_plain': dict(type='mmvpt.CVPT', num_tokens=12),
+    'ivpt': dict(type='mmvpt.IVPT', num_tokens=4, num_ar_tokens=3),
+}
+
+
+def train_reference(method, model, images, seen):
+    """The method's reference forward with ``seen(i, prompts)``: what block i's prompts
+    become after dropout."""
+    m = model.prompt
+    if method == 'vpt_deep':
+        return tokens_reference(model, images, lambda i: seen(i, m.prompts[i]))
+    if method == 'vpt_shallow':
+        return tokens_reference(model, images, lambda i: seen(0, m.prompts[0]) if i == 0 else None)
+    if method == 'e2vpt':
+        return tokens_reference(model, images, lambda i: seen(i, m.prompts[i]),
+                                kv=lambda i: (m.kv_prompts[i], m.kv_prompts[i]))
+    if method.startswith('cvpt'):
+        return cvpt_reference(model, images, lambda i: seen(i, m.prompts[i]))
+    mixed = ivpt_mixed_prompts(m)  # dropout acts on the mixed prompts P̂
+    return tokens_reference(model, images, lambda i: seen(i, mixed[i]), ar_prompts=m.ar_prompts)
+
+
+@pytest.mark.parametrize('mode', ['sample', 'batch'])
+@pytest.mark.parametrize('method', sorted(TRAIN_METHODS))
+def test_train_mode_output_equals_reference_with_the_same_dropout_masks(images, monkeypatch,
+                                                                        method, mode):
+    model = build({**TRAIN_METHODS[method], 'dropout': PROMPT_DROPOUT, 'dropout_mode': mode})
+    m = model.prompt
+    if method == 'ivpt':
+        with torch.no_grad():  # away from the identity init, so Γ matters
+            m.aggregation.add_(torch.randn_like(m.aggregation) * 0.3)
+    folded_calls = spy_folded_cross_attention(monkeypatch)
+    masks = record_prompt_dropout(monkeypatch)
+    model.train()
+    torch.manual_seed(2)
+    (out, ) = model(images)  # with gradients on, as in training (picks the fold as then)
+    B = images.shape[0]
+
+    assert len(masks) == (1 if method == 'vpt_shallow' else L)
+    for mask in masks:
+        per_draw = masks_per_draw(mask)
+        if mode == 'sample':  # one mask per sample, and they differ
+            assert per_draw.shape[0] == B and (per_draw[0] != per_draw[1]).any()
+        else:  # one mask for the whole batch
+            assert per_draw.shape[0] == 1
+        assert 0.2 < per_draw.float().mean() < 0.8  # about half the elements dropped
+    if method.startswith('cvpt'):
+        assert len(folded_calls) == (L if method == 'cvpt_folded' else 0)
+
+    with torch.no_grad():
+        expected = train_reference(method, model, images, lambda i, p: dropped(p, masks[i]))
+        if mode == 'sample':  # sample 0's prompts for the whole batch give another output
+            batch_shared = train_reference(method, model, images,
+                                           lambda i, p: dropped(p, masks_per_draw(masks[i])[0]))
+            assert (batch_shared - expected).abs().max() > 1e-3
+        no_dropout = train_reference(method, model, images, lambda i, p: p)
+        assert (no_dropout - expected).abs().max() > 1e-3
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=1e-5)
+
+
+# -- VPT's prompt projection ------------------------------------------------------------------
+# proj_dim = D: prompts that skipped the projection would still fit the token width
+@pytest.mark.parametrize('deep,proj_dim', [(True, 8), (False, 8), (True, D)])
+def test_vpt_projected_prompts_equal_reference_and_train(images, deep, proj_dim):
+    model = build(dict(type='mmvpt.VPT', num_tokens=4, deep=deep, proj_dim=proj_dim))
+    m = model.prompt
+    assert m.prompts.shape == (L if deep else 1, 4, proj_dim)
+    W, bias = m.proj.weight, m.proj.bias
+    assert W.shape == (D, proj_dim) and W.requires_grad and bias.requires_grad
+
+    def projected(i):  # prompts live in proj_dim dims; W maps them to D before they join
+        if not deep and i > 0:
+            return None
+        return m.prompts[i] @ W.T + bias
+    with torch.no_grad():
+        check(model, tokens_reference(model, images, projected), images)
+
+    model.train()
+    model(images)[0].pow(2).sum().backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {'prompt.prompts', 'prompt.proj.weight', 'prompt.proj.bias'}
+    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in with_grad)

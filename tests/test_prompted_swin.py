@@ -7,9 +7,13 @@ import re
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 from mmvpt.models import PromptedSwin
 from mmvpt.models.utils import CheckpointMismatchError, window_attention
+
+from .prompt_dropout import (PROMPT_DROPOUT, dropped, masks_per_draw, record_prompt_dropout,
+                             spy_folded_cross_attention)
 
 ARCH = 'swin_tiny_patch4_window7_224'
 CFG = dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4)
@@ -32,19 +36,23 @@ def prompted(prompt=None, reference=None, **kwargs):
 def window_attention_reference(block, x, extra_k=None, extra_v=None):
     """Every token attends to the tokens of its (shifted) window, with the relative-position
     bias and the shift mask, and to ``extra`` keys ([B,] H, E, d) with neither: one masked
-    attention over the whole map, no window partition. ``x``: (B, H, W, C) normalised."""
+    attention over the whole map, no window partition. ``x``: (B, H, W, C) normalised.
+
+    A map that is not a multiple of the window is, as in Swin, shifted cyclically and then
+    padded at the bottom and right with zero tokens, which the windows there attend to."""
     attn = block.attn
     B, H, W, C = x.shape
     heads = attn.num_heads
     ws, shift = block.window_size[0], block.shift_size[0]
-    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing='ij')
-    rows, cols = (rows - shift) % H, (cols - shift) % W  # coordinates after the cyclic shift
-    rows, cols = rows.flatten(), cols.flatten()
-    window = (rows // ws) * (W // ws) + cols // ws
+    Hp, Wp = math.ceil(H / ws) * ws, math.ceil(W / ws) * ws
+    x = F.pad(torch.roll(x, (-shift, -shift), (1, 2)), (0, 0, 0, Wp - W, 0, Hp - H))
+    rows, cols = torch.meshgrid(torch.arange(Hp), torch.arange(Wp), indexing='ij')
+    rows, cols = rows.flatten(), cols.flatten()  # coordinates after the shift and padding
+    window = (rows // ws) * (Wp // ws) + cols // ws
 
     def region(c, size):  # the shift mask's regions (only shifted blocks have any)
         return (c >= size - ws).long() + (c >= size - shift).long() if shift else c * 0
-    regions = region(rows, H) * 3 + region(cols, W)
+    regions = region(rows, Hp) * 3 + region(cols, Wp)
     d_row = (rows % ws)[:, None] - (rows % ws)[None, :]
     d_col = (cols % ws)[:, None] - (cols % ws)[None, :]
     table = attn.relative_position_bias_table[(d_row + ws - 1) * (2 * ws - 1) + d_col + ws - 1]
@@ -52,7 +60,7 @@ def window_attention_reference(block, x, extra_k=None, extra_v=None):
     bias = bias + torch.where(regions[:, None] == regions[None, :], 0., -100.)
     bias = bias.masked_fill(window[:, None] != window[None, :], float('-inf'))
 
-    tokens = x.reshape(B, H * W, C)
+    tokens = x.reshape(B, Hp * Wp, C)
     q, k, v = (tokens @ attn.qkv.weight.T + attn.qkv.bias).chunk(3, dim=-1)
     q, k, v = (t.reshape(B, -1, heads, C // heads).transpose(1, 2) for t in (q, k, v))
     logits = q @ k.transpose(-1, -2) / math.sqrt(C // heads) + bias
@@ -60,8 +68,9 @@ def window_attention_reference(block, x, extra_k=None, extra_v=None):
         extra_k, extra_v = (t.expand(B, -1, -1, -1) for t in (extra_k, extra_v))
         logits = torch.cat([q @ extra_k.transpose(-1, -2) / math.sqrt(C // heads), logits], -1)
         v = torch.cat([extra_v, v], dim=2)
-    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(B, H * W, C)
-    return (out @ attn.proj.weight.T + attn.proj.bias).reshape(B, H, W, C)
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(B, Hp * Wp, C)
+    out = (out @ attn.proj.weight.T + attn.proj.bias).reshape(B, Hp, Wp, C)[:, :H, :W]
+    return torch.roll(out, (shift, shift), (1, 2))
 
 
 def prompt_kv_reference(block, prompts):
@@ -73,17 +82,18 @@ def prompt_kv_reference(block, prompts):
 
 
 def forward_reference(swin, img, attended=None, kv=None):
-    """Swin with per-block ``attended(layer)`` prompts (P, C) seen as keys/values only and
+    """Swin with per-block ``attended(layer)`` prompts ([B,] P, C) seen as keys/values only and
     E²VPT ``kv(layer)`` (H, L, d) key-value prompts; the mean of the final tokens."""
     x = swin.patch_embed(img)
-    layer = 0
+    B, layer = x.shape[0], 0
     for stage in swin.layers:
         x = stage.downsample(x)
         for block in stage.blocks:
             extra = [prompt_kv_reference(block, attended(layer))] if attended else []
             extra += [kv(layer)] if kv else []
-            keys = torch.cat([k for k, _ in extra], 1) if extra else None
-            values = torch.cat([v for _, v in extra], 1) if extra else None
+            # (B, H, E, d) each, joined along the keys
+            keys = torch.cat([k.expand(B, *k.shape[-3:]) for k, _ in extra], 2) if extra else None
+            values = torch.cat([v.expand(B, *v.shape[-3:]) for _, v in extra], 2) if extra else None
             x = x + window_attention_reference(block, block.norm1(x), keys, values)
             x = x + block.mlp(block.norm2(x))
             layer += 1
@@ -135,36 +145,71 @@ def test_vpt_and_e2vpt_prompts_in_every_window(kv_location):
     assert not torch.allclose(expected, reference(img), atol=1e-3)  # the prompts matter
 
 
-def test_vpt_shallow_prompts_average_over_windows_and_stop_at_merging():
-    torch.manual_seed(0)
-    reference = timm_swin()
-    img = torch.randn(2, 3, 32, 32)
-    model = prompted(dict(type='mmvpt.VPT', num_tokens=3, deep=False), reference)
-    prompts = model.prompt.prompts[0]
-    # re-statement: in each window, prompt queries attend to [prompts, window tokens] with no
-    # bias or mask; their outputs are averaged over windows; image tokens see the prompts
-    # as unbiased keys; stage 1 has no prompts.
-    x, p = reference.patch_embed(img), prompts.expand(2, -1, -1)
-    for block in reference.layers[0].blocks:
-        attn, B, heads = block.attn, 2, block.attn.num_heads
+def vpt_shallow_reference(swin, img, prompts):
+    """VPT-shallow's ([B,] P, C) ``prompts`` through Swin's first stage, then plain Swin. In each
+    window prompt queries attend to [prompts, window tokens] with no bias or mask (windows
+    of zero padding included); their outputs are averaged over windows; image tokens see the
+    prompts as unbiased keys; the later stages have no prompts."""
+    x = swin.patch_embed(img)
+    B, P, C = x.shape[0], prompts.shape[-2], x.shape[-1]
+    p = prompts.expand(B, -1, -1)
+    for block in swin.layers[0].blocks:
+        attn, heads = block.attn, block.attn.num_heads
         h, hp = block.norm1(x), block.norm1(p)
         k, v = prompt_kv_reference(block, p)  # per sample: prompt outputs depend on the image
         out_p = []
         ws, shift = block.window_size[0], block.shift_size[0]
         shifted = torch.roll(h, (-shift, -shift), (1, 2))
-        for i in range(0, 8, ws):
-            for j in range(0, 8, ws):
-                tokens = torch.cat([hp, shifted[:, i:i + ws, j:j + ws].reshape(B, -1, 16)], 1)
+        Hp, Wp = (math.ceil(n / ws) * ws for n in shifted.shape[1:3])
+        shifted = F.pad(shifted, (0, 0, 0, Wp - shifted.shape[2], 0, Hp - shifted.shape[1]))
+        for i in range(0, Hp, ws):
+            for j in range(0, Wp, ws):
+                tokens = torch.cat([hp, shifted[:, i:i + ws, j:j + ws].reshape(B, -1, C)], 1)
                 q, kk, vv = (tokens @ attn.qkv.weight.T + attn.qkv.bias).chunk(3, -1)
-                q, kk, vv = (t.reshape(B, -1, heads, 16 // heads).transpose(1, 2) for t in (q, kk, vv))
-                a = (q[:, :, :3] @ kk.transpose(-1, -2) / math.sqrt(16 // heads)).softmax(-1)
-                out_p.append((a @ vv).transpose(1, 2).reshape(B, 3, 16))
+                q, kk, vv = (t.reshape(B, -1, heads, C // heads).transpose(1, 2) for t in (q, kk, vv))
+                a = (q[:, :, :P] @ kk.transpose(-1, -2) / math.sqrt(C // heads)).softmax(-1)
+                out_p.append((a @ vv).transpose(1, 2).reshape(B, P, C))
         out_p = torch.stack(out_p).mean(0) @ attn.proj.weight.T + attn.proj.bias
         x = x + window_attention_reference(block, h, k, v)
         p = p + out_p
         x, p = x + block.mlp(block.norm2(x)), p + block.mlp(block.norm2(p))
-    x = reference.layers[1](x)
-    expected = reference.norm(x).mean(dim=(1, 2))
+    for stage in swin.layers[1:]:
+        x = stage(x)
+    return swin.norm(x).mean(dim=(1, 2))
+
+
+def cvpt_forward_reference(swin, img, prompts, cross_attn=None):
+    """Swin with CVPT at insert 3: after a block's window attention every token cross-attends
+    to ``prompts(layer)`` ([B,] P, C) over the whole map, with the qkv and proj weights of
+    ``cross_attn(layer)`` (default: the block's own window attention)."""
+    x, layer = swin.patch_embed(img), 0
+    for stage in swin.layers:
+        x = stage.downsample(x)
+        for block in stage.blocks:
+            x = x + window_attention_reference(block, block.norm1(x))
+            attn = block.attn if cross_attn is None else cross_attn(layer)
+            B, H, W, C = x.shape
+            tokens, heads = x.reshape(B, -1, C), attn.num_heads
+            wq, wk, wv = attn.qkv.weight.chunk(3)
+            bq, bk, bv = attn.qkv.bias.chunk(3)
+            p = prompts(layer)
+            p = p if p.dim() == 3 else p.unsqueeze(0)
+            q, k, v = (t.reshape(t.shape[0], -1, heads, C // heads).transpose(1, 2)
+                       for t in (tokens @ wq.T + bq, p @ wk.T + bk, p @ wv.T + bv))
+            a = (q @ k.transpose(-1, -2) / math.sqrt(C // heads)).softmax(-1)
+            ca = (a @ v).transpose(1, 2).reshape(B, -1, C) @ attn.proj.weight.T + attn.proj.bias
+            x = x + ca.reshape(B, H, W, C)
+            x = x + block.mlp(block.norm2(x))
+            layer += 1
+    return swin.norm(x).mean(dim=(1, 2))
+
+
+def test_vpt_shallow_prompts_average_over_windows_and_stop_at_merging():
+    torch.manual_seed(0)
+    reference = timm_swin()
+    img = torch.randn(2, 3, 32, 32)
+    model = prompted(dict(type='mmvpt.VPT', num_tokens=3, deep=False), reference)
+    expected = vpt_shallow_reference(reference, img, model.prompt.prompts[0])
     assert torch.allclose(model(img)[0], expected, atol=1e-5)
 
 
@@ -186,26 +231,7 @@ def test_cvpt_cross_attends_over_the_whole_map_with_shared_weights():
     img = torch.randn(2, 3, 32, 32)
     model = prompted(dict(type='mmvpt.CVPT', num_tokens=3, insert=3), reference)
     m = model.prompt
-    x, layer = reference.patch_embed(img), 0
-    for stage in reference.layers:
-        x = stage.downsample(x)
-        for block in stage.blocks:
-            x = x + window_attention_reference(block, block.norm1(x))
-            B, H, W, C = x.shape
-            tokens, heads = x.reshape(B, -1, C), block.attn.num_heads
-            q = (tokens @ block.attn.qkv.weight[:C].T + block.attn.qkv.bias[:C])
-            _, wk, wv = block.attn.qkv.weight.chunk(3)
-            _, bk, bv = block.attn.qkv.bias.chunk(3)
-            prompts = m.at(m.prompts, layer)
-            k = (prompts @ wk.T + bk).reshape(-1, heads, C // heads).transpose(0, 1)
-            v = (prompts @ wv.T + bv).reshape(-1, heads, C // heads).transpose(0, 1)
-            q = q.reshape(B, -1, heads, C // heads).transpose(1, 2)
-            a = (q @ k.transpose(-1, -2) / math.sqrt(C // heads)).softmax(-1)
-            ca = (a @ v).transpose(1, 2).reshape(B, -1, C) @ block.attn.proj.weight.T + block.attn.proj.bias
-            x = x + ca.reshape(B, H, W, C)
-            x = x + block.mlp(block.norm2(x))
-            layer += 1
-    expected = reference.norm(x).mean(dim=(1, 2))
+    expected = cvpt_forward_reference(reference, img, lambda layer: m.at(m.prompts, layer))
     assert torch.allclose(model(img)[0], expected, atol=1e-5)
     # a learnable copy starts as the shared weights
     learnable = prompted(dict(type='mmvpt.CVPT', num_tokens=3, insert=3, ca_trainable=True), reference)
@@ -227,18 +253,45 @@ def test_ivpt_connects_within_stages_only_and_switches_ar_off():
     assert torch.equal(m.at(ctx.prompts, 2), stage1[0])  # the stage's first block: no connection
 
 
-@pytest.mark.parametrize('prompt', [
-    dict(type='mmvpt.VPT', num_tokens=3), dict(type='mmvpt.VPT', num_tokens=3, deep=False),
-    dict(type='mmvpt.E2VPT', num_tokens=3, num_kv_tokens=2, num_segments=4),
-    dict(type='mmvpt.CVPT', num_tokens=3), dict(type='mmvpt.IVPT', num_tokens=3, num_ar_tokens=0)])
-def test_only_prompts_get_gradients(prompt):
-    torch.manual_seed(0)
-    model = prompted(prompt, drop_path_rate=0.1).train()
-    model(torch.randn(2, 3, 32, 32))[0].sum().backward()
+SWIN_METHODS = {
+    'vpt_deep': dict(type='mmvpt.VPT', num_tokens=3),
+    'vpt_shallow': dict(type='mmvpt.VPT', num_tokens=3, deep=False),
+    'e2vpt': dict(type='mmvpt.E2VPT', num_tokens=3, num_kv_tokens=2, num_segments=4),
+    'cvpt': dict(type='mmvpt.CVPT', num_tokens=3),
+    'cvpt_trainable_ca': dict(type='mmvpt.CVPT', num_tokens=3, ca_trainable=True),
+    'ivpt': dict(type='mmvpt.IVPT', num_tokens=3, num_ar_tokens=0),
+}
+# every tensor of the method, one per stage where widths differ (2 stages here)
+SWIN_TUNED = {
+    'vpt_deep': {'prompt.prompts.0', 'prompt.prompts.1'},
+    'vpt_shallow': {'prompt.prompts'},
+    'e2vpt': {'prompt.prompts.0', 'prompt.prompts.1', 'prompt.kv_prompts.0', 'prompt.kv_prompts.1'},
+    'cvpt': {'prompt.prompts.0', 'prompt.prompts.1'},
+    'cvpt_trainable_ca': {'prompt.prompts.0', 'prompt.prompts.1'} | {
+        f'prompt.cross_attn.{layer}.{name}' for layer in range(4)
+        for name in ('qkv.weight', 'qkv.bias', 'proj.weight', 'proj.bias')},
+    'ivpt': {'prompt.prompts.0', 'prompt.prompts.1', 'prompt.aggregation'},
+}
+
+
+def assert_every_tuned_tensor_has_gradient(model, method):
+    """Exactly the method's tensors get gradients (none missing, e.g. detached; none of the
+    frozen backbone), and none of them is all zeros."""
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert with_grad and all(n.startswith('prompt.') for n in with_grad)
-    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in with_grad)
-    assert not any(p.requires_grad for p in model.swin.parameters())
+    assert with_grad == SWIN_TUNED[method]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == SWIN_TUNED[method]
+    for name in with_grad:
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize('method', sorted(SWIN_METHODS))
+def test_every_prompt_tensor_gets_a_gradient(method):
+    torch.manual_seed(0)
+    model = prompted(SWIN_METHODS[method], drop_path_rate=0.1)
+    model.bind_prompt()
+    model.train()
+    model(torch.randn(2, 3, 32, 32))[0].pow(2).sum().backward()
+    assert_every_tuned_tensor_has_gradient(model, method)
 
 
 def test_swin_b_parameter_counts():
@@ -311,3 +364,160 @@ def test_bad_options_are_named():
         prompted(dict(type='mmvpt.E2VPT', num_tokens=2, num_segments=5))
     with pytest.raises(ValueError, match='projection needs one token width'):
         prompted(dict(type='mmvpt.VPT', num_tokens=2, proj_dim=8))
+
+
+def test_cvpt_trainable_cross_attention_copy_is_used_and_trains():
+    torch.manual_seed(0)
+    reference = timm_swin()
+    img = torch.randn(2, 3, 32, 32)
+    model = prompted(dict(type='mmvpt.CVPT', num_tokens=3, ca_trainable=True), reference)
+    m = model.prompt
+
+    def prompts(layer):
+        return m.at(m.prompts, layer)
+    model.bind_prompt()  # the copies start equal to the blocks' projections...
+    with torch.no_grad():  # ...so move them away: the forward must follow the copies
+        for p in m.cross_attn.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        with_copies = cvpt_forward_reference(reference, img, prompts, lambda layer: m.cross_attn[layer])
+        with_block_attention = cvpt_forward_reference(reference, img, prompts)
+        assert (model(img)[0] - with_copies).abs().max() <= 1e-5
+    assert (with_copies - with_block_attention).abs().max() > 1e-2
+
+    # one optimizer step moves every tensor of every copy; the backbone stays as it was
+    model.train()
+    copies = {n: p.detach().clone() for n, p in m.cross_attn.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(img)[0].pow(2).sum().backward()
+    optimizer.step()
+    assert len(copies) == 4 * 4  # qkv and proj, weight and bias, per block
+    for name, p in m.cross_attn.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert (p - copies[name]).abs().max() > 0, name
+    for name, value in reference.state_dict().items():
+        assert torch.equal(model.swin.state_dict()[name], value), name
+
+
+def swin_reference(method, model, reference, img, seen=lambda layer, prompts: prompts):
+    """The reference forward of ``method`` with ``model``'s prompts on the timm Swin
+    ``reference``; ``seen(layer, prompts)``: what the layer's prompts become after dropout."""
+    m = model.prompt
+    at = m.at
+    if method == 'vpt_deep':
+        return forward_reference(reference, img, attended=lambda i: seen(i, at(m.prompts, i)))
+    if method == 'vpt_shallow':
+        return vpt_shallow_reference(reference, img, seen(0, m.prompts[0]))
+    if method == 'e2vpt':
+        return forward_reference(reference, img, attended=lambda i: seen(i, at(m.prompts, i)),
+                                 kv=lambda i: (at(m.kv_prompts, i), ) * 2)
+    if method.startswith('cvpt'):
+        own = None if m.cross_attn is None else lambda i: m.cross_attn[i]
+        return cvpt_forward_reference(reference, img, lambda i: seen(i, at(m.prompts, i)), own)
+    # iVPT: P̂ = P^l + Γ P^(l-1) inside a stage (Γ counted over the stages' connections)
+    mixed, connection = [], 0
+    for stage in m.prompts:
+        for j in range(stage.shape[0]):
+            if j == 0:
+                mixed.append(stage[0])
+            else:
+                mixed.append(stage[j] + m.aggregation[connection] @ stage[j - 1])
+                connection += 1
+    return forward_reference(reference, img, attended=lambda i: seen(i, mixed[i]))
+
+
+@pytest.mark.parametrize('method', sorted(SWIN_METHODS))
+def test_every_method_at_a_size_not_a_multiple_of_the_window(method):
+    torch.manual_seed(0)
+    reference = timm_swin()
+    img = torch.randn(2, 3, 40, 40)  # 10 x 10 tokens, then 5 x 5: windows of 4 need padding
+    model = prompted(SWIN_METHODS[method], reference)
+    model.bind_prompt()
+    m = model.prompt
+    with torch.no_grad():
+        if method == 'ivpt':  # away from the identity init, so Γ matters
+            m.aggregation.add_(torch.randn_like(m.aggregation) * 0.3)
+        if getattr(m, 'cross_attn', None) is not None:  # a copy no longer equal to the block's
+            for p in m.cross_attn.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+        expected = swin_reference(method, model, reference, img)
+        assert (expected - reference(img)).abs().max() > 1e-4  # the prompts matter
+    (out, ) = model(img)
+    assert out.shape == (2, 32)
+    assert (out - expected).abs().max() <= 1e-5
+    out.pow(2).sum().backward()
+    assert_every_tuned_tensor_has_gradient(model, method)
+    model.out_type, model.out_indices = 'featmap', [0, 1]
+    with torch.no_grad():
+        assert [tuple(f.shape) for f in model(img)] == [(2, 16, 10, 10), (2, 32, 5, 5)]
+
+
+@pytest.mark.parametrize('prune_mode', ['remove', 'mask'])
+def test_e2vpt_pruning_masks_apply_on_the_first_stage(prune_mode):
+    torch.manual_seed(0)
+    reference = timm_swin()
+    img = torch.randn(2, 3, 32, 32)
+    model = prompted(dict(type='mmvpt.E2VPT', num_tokens=4, num_kv_tokens=2, num_segments=4,
+                          prune_mode=prune_mode), reference)
+    m = model.prompt
+    # what the pruning hook sets: masks of the first stage (layers 0, 1) only
+    token_mask = torch.ones(4, 4)
+    token_mask[0] = torch.tensor([1., 0, 1, 1])
+    token_mask[1] = torch.tensor([0., 1, 1, 0])
+    segment_mask = torch.ones(4, 4, 4)
+    segment_mask[0, 2, 1] = segment_mask[1, 1, 3] = 0
+    with torch.no_grad():
+        unpruned = model(img)[0]
+        m.token_mask.copy_(token_mask)
+        m.segment_mask.copy_(segment_mask)
+        pruned = model(img)[0]
+
+    def pruned_prompts(mode):
+        def at(layer):
+            prompts = m.at(m.prompts, layer)
+            width = prompts.shape[-1] // 4  # 4 contiguous segments per prompt
+            dims = torch.ones_like(prompts)
+            for t in range(4):
+                for r in range(4):
+                    if segment_mask[layer, t, r] == 0:
+                        dims[t, r * width:(r + 1) * width] = 0
+            prompts = prompts * dims * token_mask[layer, :, None]
+            # 'remove': pruned tokens leave; 'mask': they stay as zeros, and still attend
+            return prompts[token_mask[layer].bool()] if mode == 'remove' else prompts
+        return at
+
+    def kv(layer):
+        return (m.at(m.kv_prompts, layer), ) * 2
+    with torch.no_grad():
+        expected = forward_reference(reference, img, attended=pruned_prompts(prune_mode), kv=kv)
+        other_mode = forward_reference(reference, img, kv=kv, attended=pruned_prompts(
+            'mask' if prune_mode == 'remove' else 'remove'))
+    assert (pruned - expected).abs().max() <= 1e-5
+    assert (expected - unpruned).abs().max() > 1e-4
+    assert (expected - other_mode).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize('method', ['vpt_deep', 'vpt_shallow', 'e2vpt', 'cvpt', 'ivpt'])
+def test_train_mode_per_sample_prompt_dropout_equals_reference(monkeypatch, method):
+    torch.manual_seed(0)
+    reference = timm_swin()
+    img = torch.randn(2, 3, 40, 40)
+    model = prompted({**SWIN_METHODS[method], 'dropout': PROMPT_DROPOUT, 'dropout_mode': 'sample'},
+                     reference)
+    if method == 'ivpt':
+        with torch.no_grad():
+            model.prompt.aggregation.add_(torch.randn_like(model.prompt.aggregation) * 0.3)
+    folded_calls = spy_folded_cross_attention(monkeypatch)
+    masks = record_prompt_dropout(monkeypatch)
+    model.train()
+    torch.manual_seed(1)
+    (out, ) = model(img)
+    assert len(masks) == (1 if method == 'vpt_shallow' else 4)
+    # 3 prompts x 2 or 4 heads: CVPT takes the folded cross-attention with per-sample prompts
+    assert len(folded_calls) == (4 if method == 'cvpt' else 0)
+    assert all(masks_per_draw(mask).shape[0] == 2 and (mask[0] != mask[1]).any() for mask in masks)
+    with torch.no_grad():
+        expected = swin_reference(method, model, reference, img, lambda i, p: dropped(p, masks[i]))
+        batch_shared = swin_reference(method, model, reference, img,
+                                      lambda i, p: dropped(p, masks[i][0]))
+    assert (out.detach() - expected).abs().max() <= 1e-5
+    assert (batch_shared - expected).abs().max() > 1e-4

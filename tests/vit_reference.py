@@ -30,13 +30,15 @@ def attention(attn, x, kv=None, kv_first=True):
 
 
 def cross_attention(attn, x, prompts):
-    """softmax(q(x) k(P)^T / sqrt(d)) v(P) W_o + b_o, prompts (P, C)."""
+    """softmax(q(x) k(P)^T / sqrt(d)) v(P) W_o + b_o, prompts (P, C) shared by the batch or
+    (B, P, C), one set per sample."""
     H, C = attn.num_heads, x.shape[-1]
     wq, wk, wv = attn.qkv.weight.split(C)
     bq, bk, bv = attn.qkv.bias.split(C)
+    prompts = prompts if prompts.dim() == 3 else prompts.unsqueeze(0)
     q = heads(x @ wq.T + bq, H)
-    k = heads((prompts @ wk.T + bk).unsqueeze(0), H)
-    v = heads((prompts @ wv.T + bv).unsqueeze(0), H)
+    k = heads(prompts @ wk.T + bk, H)
+    v = heads(prompts @ wv.T + bv, H)
     a = (q @ k.transpose(-1, -2) / math.sqrt(C // H)).softmax(-1)
     return merge(a @ v) @ attn.proj.weight.T + attn.proj.bias
 
