@@ -81,23 +81,81 @@ def prompt_kv_reference(block, prompts):
     return tuple(t.reshape(*t.shape[:-1], heads, C // heads).transpose(-2, -3) for t in (k, v))
 
 
-def forward_reference(swin, img, attended=None, kv=None):
+def prompt_outputs_reference(block, h, hp, extra_k=None, extra_v=None):
+    """Attention outputs (B, P, C) of normalised prompt tokens ``hp`` (B, P, C) in ``block``:
+    in each (shifted, zero-padded) window of the normalised map ``h`` they attend to [extra,
+    prompts, window tokens] with no bias or mask; the outputs are averaged over windows."""
+    attn, heads = block.attn, block.attn.num_heads
+    B, P, C = hp.shape
+    out_p = []
+    ws, shift = block.window_size[0], block.shift_size[0]
+    shifted = torch.roll(h, (-shift, -shift), (1, 2))
+    Hp, Wp = (math.ceil(n / ws) * ws for n in shifted.shape[1:3])
+    shifted = F.pad(shifted, (0, 0, 0, Wp - shifted.shape[2], 0, Hp - shifted.shape[1]))
+    for i in range(0, Hp, ws):
+        for j in range(0, Wp, ws):
+            tokens = torch.cat([hp, shifted[:, i:i + ws, j:j + ws].reshape(B, -1, C)], 1)
+            q, kk, vv = (tokens @ attn.qkv.weight.T + attn.qkv.bias).chunk(3, -1)
+            q, kk, vv = (t.reshape(B, -1, heads, C // heads).transpose(1, 2) for t in (q, kk, vv))
+            if extra_k is not None:
+                kk = torch.cat([extra_k.expand(B, -1, -1, -1), kk], 2)
+                vv = torch.cat([extra_v.expand(B, -1, -1, -1), vv], 2)
+            a = (q[:, :, :P] @ kk.transpose(-1, -2) / math.sqrt(C // heads)).softmax(-1)
+            out_p.append((a @ vv).transpose(1, 2).reshape(B, P, C))
+    return torch.stack(out_p).mean(0) @ attn.proj.weight.T + attn.proj.bias
+
+
+def block_with_prompts_reference(block, x, p, kv=None):
+    """One block on image tokens ``x`` (B, H, W, C) and prompt tokens ``p`` (B, P, C) whose
+    outputs are kept: image tokens see the prompts (and E²VPT's ``kv``) as unbiased keys,
+    prompts attend as :func:`prompt_outputs_reference` says; both get the MLP."""
+    h, hp = block.norm1(x), block.norm1(p)
+    k, v = prompt_kv_reference(block, p)  # per sample: prompt outputs depend on the image
+    if kv is not None:
+        k, v = (torch.cat([e.expand(x.shape[0], -1, -1, -1), t], 2) for e, t in zip(kv, (k, v)))
+    out_p = prompt_outputs_reference(block, h, hp, *(kv if kv is not None else ()))
+    x = x + window_attention_reference(block, h, k, v)
+    p = p + out_p
+    return x + block.mlp(block.norm2(x)), p + block.mlp(block.norm2(p))
+
+
+def merge_prompts_reference(merging, p):
+    """Patch merging of prompt tokens: each is its own 2 x 2 neighbourhood."""
+    return merging.reduction(merging.norm(torch.cat([p, p, p, p], dim=-1)))
+
+
+def pooled_reference(swin, x, p=None):
+    """The final norm, then the mean over [prompts, image tokens] (image tokens only
+    without prompts)."""
+    x = swin.norm(x)
+    if p is None:
+        return x.mean(dim=(1, 2))
+    return torch.cat([swin.norm(p), x.flatten(1, 2)], dim=1).mean(dim=1)
+
+
+def forward_reference(swin, img, attended=None, kv=None, pool_prompts=False):
     """Swin with per-block ``attended(layer)`` prompts ([B,] P, C) seen as keys/values only and
-    E²VPT ``kv(layer)`` (H, L, d) key-value prompts; the mean of the final tokens."""
+    E²VPT ``kv(layer)`` (H, L, d) key-value prompts; the pooled feature, over the last
+    block's prompt outputs too if ``pool_prompts``."""
     x = swin.patch_embed(img)
-    B, layer = x.shape[0], 0
+    B, layer, last = x.shape[0], 0, sum(len(stage.blocks) for stage in swin.layers) - 1
+    p = None
     for stage in swin.layers:
         x = stage.downsample(x)
         for block in stage.blocks:
-            extra = [prompt_kv_reference(block, attended(layer))] if attended else []
-            extra += [kv(layer)] if kv else []
-            # (B, H, E, d) each, joined along the keys
-            keys = torch.cat([k.expand(B, *k.shape[-3:]) for k, _ in extra], 2) if extra else None
-            values = torch.cat([v.expand(B, *v.shape[-3:]) for _, v in extra], 2) if extra else None
-            x = x + window_attention_reference(block, block.norm1(x), keys, values)
-            x = x + block.mlp(block.norm2(x))
+            if pool_prompts and attended and layer == last:  # its prompts' outputs are pooled
+                x, p = block_with_prompts_reference(block, x, attended(layer).expand(B, -1, -1),
+                                                    kv(layer) if kv else None)
+            else:
+                extra = [prompt_kv_reference(block, attended(layer))] if attended else []
+                extra += [kv(layer)] if kv else []
+                # (B, H, E, d) each, joined along the keys
+                keys = torch.cat([k.expand(B, *k.shape[-3:]) for k, _ in extra], 2) if extra else None
+                values = torch.cat([v.expand(B, *v.shape[-3:]) for _, v in extra], 2) if extra else None
+                x = x + window_attention_reference(block, block.norm1(x), keys, values)
+                x = x + block.mlp(block.norm2(x))
             layer += 1
-    return swin.norm(x).mean(dim=(1, 2))
+    return pooled_reference(swin, x, p)
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -127,55 +185,45 @@ def test_window_attention_equals_global_restatement():
             assert torch.allclose(out, window_attention_reference(block, x, keys, values), atol=1e-5)
 
 
+@pytest.mark.parametrize('pool_prompts', [True, False])
+@pytest.mark.parametrize('size', [32, 40])  # 40: shifted windows on padded maps
 @pytest.mark.parametrize('kv_location', ['before', 'after'])
-def test_vpt_and_e2vpt_prompts_in_every_window(kv_location):
+def test_vpt_and_e2vpt_prompts_in_every_window(kv_location, size, pool_prompts):
     torch.manual_seed(0)
     reference = timm_swin()
-    img = torch.randn(2, 3, 32, 32)
-    vpt = prompted(dict(type='mmvpt.VPT', num_tokens=3), reference)
-    expected = forward_reference(reference, img, attended=lambda i: vpt.prompt.at(vpt.prompt.prompts, i))
-    assert torch.allclose(vpt(img)[0], expected, atol=1e-5)
+    img = torch.randn(2, 3, size, size)
+    vpt = prompted(dict(type='mmvpt.VPT', num_tokens=3), reference, pool_prompts=pool_prompts)
+    expected = forward_reference(reference, img, pool_prompts=pool_prompts,
+                                 attended=lambda i: vpt.prompt.at(vpt.prompt.prompts, i))
+    assert (vpt(img)[0] - expected).abs().max() <= 1e-5
 
     e2vpt = prompted(dict(type='mmvpt.E2VPT', num_tokens=3, num_kv_tokens=2, num_segments=4,
-                          kv_location=kv_location), reference)
+                          kv_location=kv_location), reference, pool_prompts=pool_prompts)
     m = e2vpt.prompt
     expected = forward_reference(reference, img, attended=lambda i: m.at(m.prompts, i),
-                                 kv=lambda i: (m.at(m.kv_prompts, i), ) * 2)
-    assert torch.allclose(e2vpt(img)[0], expected, atol=1e-5)
+                                 kv=lambda i: (m.at(m.kv_prompts, i), ) * 2,
+                                 pool_prompts=pool_prompts)
+    assert (e2vpt(img)[0] - expected).abs().max() <= 1e-5
     assert not torch.allclose(expected, reference(img), atol=1e-3)  # the prompts matter
+    # the pooled prompt outputs matter too
+    unpooled = forward_reference(reference, img, attended=lambda i: m.at(m.prompts, i),
+                                 kv=lambda i: (m.at(m.kv_prompts, i), ) * 2)
+    assert pool_prompts == (not torch.allclose(expected, unpooled, atol=1e-3))
 
 
-def vpt_shallow_reference(swin, img, prompts):
-    """VPT-shallow's ([B,] P, C) ``prompts`` through Swin's first stage, then plain Swin. In each
-    window prompt queries attend to [prompts, window tokens] with no bias or mask (windows
-    of zero padding included); their outputs are averaged over windows; image tokens see the
-    prompts as unbiased keys; the later stages have no prompts."""
+def vpt_shallow_reference(swin, img, prompts, pool_prompts=False):
+    """VPT-shallow's ([B,] P, C) ``prompts`` through every block and every patch merging of
+    Swin (outputs averaged over windows, see :func:`block_with_prompts_reference`); the
+    pooled feature, over the prompts too if ``pool_prompts``."""
     x = swin.patch_embed(img)
-    B, P, C = x.shape[0], prompts.shape[-2], x.shape[-1]
-    p = prompts.expand(B, -1, -1)
-    for block in swin.layers[0].blocks:
-        attn, heads = block.attn, block.attn.num_heads
-        h, hp = block.norm1(x), block.norm1(p)
-        k, v = prompt_kv_reference(block, p)  # per sample: prompt outputs depend on the image
-        out_p = []
-        ws, shift = block.window_size[0], block.shift_size[0]
-        shifted = torch.roll(h, (-shift, -shift), (1, 2))
-        Hp, Wp = (math.ceil(n / ws) * ws for n in shifted.shape[1:3])
-        shifted = F.pad(shifted, (0, 0, 0, Wp - shifted.shape[2], 0, Hp - shifted.shape[1]))
-        for i in range(0, Hp, ws):
-            for j in range(0, Wp, ws):
-                tokens = torch.cat([hp, shifted[:, i:i + ws, j:j + ws].reshape(B, -1, C)], 1)
-                q, kk, vv = (tokens @ attn.qkv.weight.T + attn.qkv.bias).chunk(3, -1)
-                q, kk, vv = (t.reshape(B, -1, heads, C // heads).transpose(1, 2) for t in (q, kk, vv))
-                a = (q[:, :, :P] @ kk.transpose(-1, -2) / math.sqrt(C // heads)).softmax(-1)
-                out_p.append((a @ vv).transpose(1, 2).reshape(B, P, C))
-        out_p = torch.stack(out_p).mean(0) @ attn.proj.weight.T + attn.proj.bias
-        x = x + window_attention_reference(block, h, k, v)
-        p = p + out_p
-        x, p = x + block.mlp(block.norm2(x)), p + block.mlp(block.norm2(p))
-    for stage in swin.layers[1:]:
-        x = stage(x)
-    return swin.norm(x).mean(dim=(1, 2))
+    p = prompts.expand(x.shape[0], -1, -1)
+    for index, stage in enumerate(swin.layers):
+        x = stage.downsample(x)
+        if index:
+            p = merge_prompts_reference(stage.downsample, p)
+        for block in stage.blocks:
+            x, p = block_with_prompts_reference(block, x, p)
+    return pooled_reference(swin, x, p if pool_prompts else None)
 
 
 def cvpt_forward_reference(swin, img, prompts, cross_attn=None):
@@ -204,25 +252,34 @@ def cvpt_forward_reference(swin, img, prompts, cross_attn=None):
     return swin.norm(x).mean(dim=(1, 2))
 
 
-def test_vpt_shallow_prompts_average_over_windows_and_stop_at_merging():
+@pytest.mark.parametrize('pool_prompts', [True, False])
+@pytest.mark.parametrize('size', [32, 40])
+def test_vpt_shallow_prompts_average_over_windows_and_go_through_merging(size, pool_prompts):
     torch.manual_seed(0)
     reference = timm_swin()
-    img = torch.randn(2, 3, 32, 32)
-    model = prompted(dict(type='mmvpt.VPT', num_tokens=3, deep=False), reference)
-    expected = vpt_shallow_reference(reference, img, model.prompt.prompts[0])
-    assert torch.allclose(model(img)[0], expected, atol=1e-5)
+    img = torch.randn(2, 3, size, size)
+    model = prompted(dict(type='mmvpt.VPT', num_tokens=3, deep=False), reference,
+                     pool_prompts=pool_prompts)
+    expected = vpt_shallow_reference(reference, img, model.prompt.prompts[0], pool_prompts)
+    assert (model(img)[0] - expected).abs().max() <= 1e-5
 
 
-def test_pooled_feature_is_the_mean_of_image_tokens_only():
+def test_feature_maps_hold_image_tokens_and_only_the_pooled_feature_prompts():
     torch.manual_seed(0)
     img = torch.randn(2, 3, 32, 32)
     for prompt in (dict(type='mmvpt.VPT', num_tokens=5, deep=False),
-                   dict(type='mmvpt.E2VPT', num_tokens=5, num_kv_tokens=2, num_segments=4)):
+                   dict(type='mmvpt.E2VPT', num_tokens=5, num_kv_tokens=2, num_segments=4),
+                   dict(type='mmvpt.CVPT', num_tokens=5)):
         model = prompted(prompt, out_type='featmap', out_indices=(0, 1))
         maps = model(img)
         assert [tuple(m.shape) for m in maps] == [(2, 16, 8, 8), (2, 32, 4, 4)]  # image grid only
         model.out_type, model.out_indices = 'avg_featmap', [1]
+        pooled = model(img)[0]
+        model.pool_prompts = False
         assert torch.allclose(model(img)[0], maps[1].mean(dim=(2, 3)), atol=1e-6)
+        # CVPT has no prompt tokens in the sequence: nothing else to pool
+        assert torch.allclose(pooled, maps[1].mean(dim=(2, 3)), atol=1e-6) == (
+            prompt['type'] == 'mmvpt.CVPT')
 
 
 def test_cvpt_cross_attends_over_the_whole_map_with_shared_weights():
@@ -295,11 +352,17 @@ def test_every_prompt_tensor_gets_a_gradient(method):
 
 
 def test_swin_b_parameter_counts():
-    """Swin-B: depths (2, 2, 18, 2), widths 128..1024, sum of block widths 12,032."""
+    """Swin-B: depths (2, 2, 18, 2), widths 128..1024, sum of block widths 12,032. Pooling
+    prompts and merging VPT-shallow's set use the backbone's own weights: no parameters."""
     def count(prompt):
-        with torch.device('meta'):  # shapes only
-            model = PromptedSwin(arch='swin_base_patch4_window7_224', prompt=prompt)
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        counts = set()
+        for pool_prompts in (True, False):
+            with torch.device('meta'):  # shapes only
+                model = PromptedSwin(arch='swin_base_patch4_window7_224', prompt=prompt,
+                                     pool_prompts=pool_prompts)
+            counts.add(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        assert len(counts) == 1
+        return counts.pop()
     assert count(None) == 0
     assert count(dict(type='mmvpt.VPT', num_tokens=10)) == 120_320
     assert count(dict(type='mmvpt.VPT', num_tokens=10, deep=False)) == 1_280
@@ -403,13 +466,15 @@ def swin_reference(method, model, reference, img, seen=lambda layer, prompts: pr
     ``reference``; ``seen(layer, prompts)``: what the layer's prompts become after dropout."""
     m = model.prompt
     at = m.at
+    pool = model.pool_prompts
     if method == 'vpt_deep':
-        return forward_reference(reference, img, attended=lambda i: seen(i, at(m.prompts, i)))
+        return forward_reference(reference, img, attended=lambda i: seen(i, at(m.prompts, i)),
+                                 pool_prompts=pool)
     if method == 'vpt_shallow':
-        return vpt_shallow_reference(reference, img, seen(0, m.prompts[0]))
+        return vpt_shallow_reference(reference, img, seen(0, m.prompts[0]), pool)
     if method == 'e2vpt':
         return forward_reference(reference, img, attended=lambda i: seen(i, at(m.prompts, i)),
-                                 kv=lambda i: (at(m.kv_prompts, i), ) * 2)
+                                 kv=lambda i: (at(m.kv_prompts, i), ) * 2, pool_prompts=pool)
     if method.startswith('cvpt'):
         own = None if m.cross_attn is None else lambda i: m.cross_attn[i]
         return cvpt_forward_reference(reference, img, lambda i: seen(i, at(m.prompts, i)), own)
@@ -422,7 +487,8 @@ def swin_reference(method, model, reference, img, seen=lambda layer, prompts: pr
             else:
                 mixed.append(stage[j] + m.aggregation[connection] @ stage[j - 1])
                 connection += 1
-    return forward_reference(reference, img, attended=lambda i: seen(i, mixed[i]))
+    return forward_reference(reference, img, attended=lambda i: seen(i, mixed[i]),
+                             pool_prompts=pool)
 
 
 @pytest.mark.parametrize('method', sorted(SWIN_METHODS))
@@ -488,8 +554,9 @@ def test_e2vpt_pruning_masks_apply_on_the_first_stage(prune_mode):
     def kv(layer):
         return (m.at(m.kv_prompts, layer), ) * 2
     with torch.no_grad():
-        expected = forward_reference(reference, img, attended=pruned_prompts(prune_mode), kv=kv)
-        other_mode = forward_reference(reference, img, kv=kv, attended=pruned_prompts(
+        expected = forward_reference(reference, img, attended=pruned_prompts(prune_mode), kv=kv,
+                                     pool_prompts=True)
+        other_mode = forward_reference(reference, img, kv=kv, pool_prompts=True, attended=pruned_prompts(
             'mask' if prune_mode == 'remove' else 'remove'))
     assert (pruned - expected).abs().max() <= 1e-5
     assert (expected - unpruned).abs().max() > 1e-4

@@ -5,6 +5,9 @@
 swin_b = dict(
     type='mmvpt.PromptedSwin',
     arch='swin_base_patch4_window7_224',
+    # As VPT's and E²VPT's Swin code: the pooled feature averages the prompt outputs too,
+    # and VPT-shallow's prompts go through patch merging into every stage.
+    pool_prompts=True,
     init_cfg=dict(type='Pretrained', checkpoint='pretrained/swin_base_patch4_window7_224_22k.pth'))
 # iVPT's attentive reinforcement needs a CLS token, which Swin lacks.
 swin_b_without_ar = dict(swin_b, prompt=dict(num_ar_tokens=0))

@@ -22,9 +22,14 @@ class PromptedSwin(PromptedBackbone):
     - prompt tokens (VPT, E²VPT visual, iVPT) join every window as keys and values, with
       the relative-position bias and the shifted-window mask zero-padded for them, so they
       are neither biased nor masked. A block's prompts are replaced by the next block's,
-      so their outputs are never computed. VPT-shallow's set instead passes through the
-      first stage's blocks (its outputs averaged over the windows, as VPT's Swin does)
-      and patch merging drops it: prompts never enter merging or the pooled feature.
+      so their outputs are computed only in the last block, and only when they are pooled.
+      VPT-shallow's set instead passes through every block (its outputs averaged over the
+      windows) and every patch merging (each prompt concatenated with itself four times
+      goes through the merging's norm and reduction), as VPT's Swin code does.
+    - ``pool_prompts=True`` (VPT's and E²VPT's Swin code): the pooled feature averages the
+      final norm's output over the prompts (the last block's outputs, or VPT-shallow's
+      carried set) and the image tokens; ``False`` pools image tokens only. Feature maps
+      never hold prompts.
     - E²VPT key-value prompts join every window's keys and values the same way.
     - CVPT: every token cross-attends to the block's prompts over the whole map (no
       windows), with the block's window-attention projections (weight sharing).
@@ -36,10 +41,11 @@ class PromptedSwin(PromptedBackbone):
         prompt: the prompt method config, or None (linear probing with ``frozen=True``,
             full fine-tuning with ``frozen=False``).
         frozen: freeze every backbone weight.
-        out_type: ``'avg_featmap'`` (classification: mean of the image tokens of the last
-            output stage, after the final norm) or ``'featmap'`` ((B, C, H, W) maps).
+        out_type: ``'avg_featmap'`` (classification: mean of the tokens of the last output
+            stage, after the final norm) or ``'featmap'`` ((B, C, H, W) image-token maps).
         out_indices: stages whose outputs are returned (negative counts from the end).
         final_norm: apply the final norm to the last stage's output.
+        pool_prompts: ``avg_featmap`` averages over the prompt tokens too (see above).
         drop_path_rate: stochastic depth of the (frozen) blocks.
         arch_cfg: extra keyword arguments for ``timm.create_model`` (e.g.
             ``dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4)``).
@@ -52,7 +58,7 @@ class PromptedSwin(PromptedBackbone):
 
     def __init__(self, arch='swin_base_patch4_window7_224', img_size=224, prompt=None,
                  frozen=True, out_type='avg_featmap', out_indices=-1, final_norm=True,
-                 drop_path_rate=0., arch_cfg=None, init_cfg=None):
+                 pool_prompts=True, drop_path_rate=0., arch_cfg=None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if out_type not in OUT_TYPES:
             raise ValueError(f'PromptedSwin out_type={out_type!r}: choose one of {OUT_TYPES}')
@@ -65,6 +71,7 @@ class PromptedSwin(PromptedBackbone):
         self.frozen = frozen
         self.out_type = out_type
         self.final_norm = final_norm
+        self.pool_prompts = pool_prompts
         # a plain list (not registered again): block l over all stages
         self.blocks = [block for stage in swin.layers for block in stage.blocks]
         self.num_layers = len(self.blocks)
@@ -94,13 +101,14 @@ class PromptedSwin(PromptedBackbone):
         load_swin_pretrained(self.swin, path)
 
     # -- forward -------------------------------------------------------------------------
-    def forward_block(self, layer, x, carried, ctx):
+    def forward_block(self, layer, x, carried, ctx, prompt_outputs=False):
         """Block ``layer`` on (B, H, W, C) tokens; ``carried`` is VPT-shallow's (b, P, C)
-        prompt set or None. Returns both, updated."""
+        prompt set or None. Returns both, updated. ``prompt_outputs``: compute the outputs
+        of this block's own prompts too (they are pooled), not only their keys/values."""
         block, method = self.blocks[layer], self.prompt
         tokens = method.tokens(ctx, layer)
         attended = None
-        if tokens is not None and method.carries_prompts:
+        if tokens is not None and (method.carries_prompts or prompt_outputs):
             carried = tokens
         elif tokens is not None:
             attended = tokens
@@ -128,23 +136,49 @@ class PromptedSwin(PromptedBackbone):
         x = self.swin.patch_embed(img)  # (B, H, W, C)
         method = self.prompt
         ctx = method.start(x.shape[0]) if method is not None else None
+        pool = self.pool_prompts and self.out_type == 'avg_featmap'
+        last_pooled_layer = len(self.swin.layers[self.out_indices[-1]].blocks) + sum(
+            len(stage.blocks) for stage in self.swin.layers[:self.out_indices[-1]]) - 1
         outs = []
         layer = 0
+        carried = None  # VPT-shallow's prompt set, or the last block's pooled prompt outputs
         for index, stage in enumerate(self.swin.layers):
             x = stage.downsample(x)
-            carried = None  # prompts never enter patch merging
+            if carried is not None:
+                carried = merge_prompts(stage.downsample, carried)
             for block in stage.blocks:
                 if method is None:
                     x = block(x)
                 else:
-                    x, carried = self.forward_block(layer, x, carried, ctx)
+                    x, carried = self.forward_block(layer, x, carried, ctx,
+                                                    pool and layer == last_pooled_layer)
                 layer += 1
             if index == self.num_stages - 1 and self.final_norm:
                 x = self.swin.norm(x)
+                carried = None if carried is None else self.swin.norm(carried)
             if index in self.out_indices:
-                outs.append(x.mean(dim=(1, 2)) if self.out_type == 'avg_featmap'
+                outs.append(self._pool(x, carried if pool else None)
+                            if self.out_type == 'avg_featmap'
                             else x.permute(0, 3, 1, 2).contiguous())
+            if index == self.out_indices[-1]:
+                break  # later stages would reach no output
         return tuple(outs)
+
+    @staticmethod
+    def _pool(x, prompts):
+        """Mean of the (B, H, W, C) tokens, and of the ([B,] P, C) prompts if given."""
+        B, _, _, C = x.shape
+        if prompts is None:
+            return x.mean(dim=(1, 2))
+        return torch.cat([prompts.expand(B, -1, -1), x.reshape(B, -1, C)], dim=1).mean(dim=1)
+
+
+def merge_prompts(downsample, prompts):
+    """Prompt tokens ([B,] P, C) through a stage's patch merging, as VPT's Swin does: each
+    concatenated with itself four times (P, 4C), then the merging's norm and reduction."""
+    if isinstance(downsample, torch.nn.Identity):  # the first stage merges nothing
+        return prompts
+    return downsample.reduction(downsample.norm(torch.cat([prompts] * 4, dim=-1)))
 
 
 def _join_kv(first, second):
