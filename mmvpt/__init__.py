@@ -5,7 +5,7 @@ checkpoints atomically and lets torch's weights-only loading read MMEngine check
 never imports mmpretrain or mmseg, whose parts are imported only when a config uses them.
 """
 from . import engine, models  # noqa: F401  (registers mmvpt.X types)
-from .registry import DATASETS, HOOKS, MODELS, TRANSFORMS
+from .registry import DATASETS, HOOKS, MODELS, OPTIM_WRAPPERS, TRANSFORMS
 from .utils.atomic_io import use_atomic_local_backend
 from .utils.checkpoint_loading import allow_mmengine_checkpoint_types
 from .version import __version__
@@ -14,4 +14,4 @@ from .version import __version__
 use_atomic_local_backend()
 allow_mmengine_checkpoint_types()
 
-__all__ = ['DATASETS', 'HOOKS', 'MODELS', 'TRANSFORMS', '__version__']
+__all__ = ['DATASETS', 'HOOKS', 'MODELS', 'OPTIM_WRAPPERS', 'TRANSFORMS', '__version__']

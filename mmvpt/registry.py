@@ -11,6 +11,7 @@ This module imports MMEngine only (never mmpretrain or mmseg).
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
@@ -19,5 +20,7 @@ HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmvpt', locations=['mmvpt
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmvpt', locations=['mmvpt.datasets'])
 TRANSFORMS = Registry(
     'transform', parent=MMENGINE_TRANSFORMS, scope='mmvpt', locations=['mmvpt.datasets'])
+OPTIM_WRAPPERS = Registry(
+    'optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='mmvpt', locations=['mmvpt.engine'])
 
-ALL_REGISTRIES = (MODELS, HOOKS, DATASETS, TRANSFORMS)
+ALL_REGISTRIES = (MODELS, HOOKS, DATASETS, TRANSFORMS, OPTIM_WRAPPERS)

@@ -207,3 +207,23 @@ def test_two_process_pruning_scores_are_the_mean_over_both_ranks(tiny_vtab, tmp_
     close(result['segment_scores'], segment_scores)
     segment_masks = [buffers['backbone.prompt.segment_mask'] for buffers in after]
     assert torch.equal(segment_masks[0], segment_masks[1])
+
+
+def test_two_process_training_with_gradient_checkpointing(tiny_vtab, demo_backbone, tmp_path,
+                                                          monkeypatch):
+    config = tmp_path / 'cp_config.py'
+    config.write_text(
+        f"_base_ = [{DEMO_CONFIG!r}]\n"
+        "model = dict(backbone=dict(frozen=True, with_cp=True, drop_path_rate=0.1, "
+        "prompt=dict(type='mmvpt.CVPT', num_tokens=4)))\n" + pretrained_line(demo_backbone) +
+        "custom_imports = dict(imports=['mmvpt', 'tests.helpers.dump_params_hook'])\n"
+        "custom_hooks = [dict(type='DumpParamsHook')]\n")
+    monkeypatch.setenv('PORT', str(free_port()))
+    work_dir = str(tmp_path / 'work')
+    run_tool('dist_train.sh', str(config), '2', '--work-dir', work_dir, '--no-validate',
+             '--cfg-options', *data_options(tiny_vtab), 'train_cfg.max_epochs=1')
+    before = torch.load(osp.join(work_dir, 'params_before_rank0.pth'))['params']
+    after = [torch.load(osp.join(work_dir, f'params_after_rank{r}.pth'))['params'] for r in (0, 1)]
+    for name in ('backbone.prompt.prompts', 'head.fc.weight'):
+        assert torch.equal(after[0][name], after[1][name])
+        assert not torch.equal(after[0][name], before[name])

@@ -62,3 +62,41 @@ def embed(vit, img):
     x = vit.patch_embed(img)
     x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
     return x + vit.pos_embed
+
+
+def full_sequence_forward(backbone, img):
+    """PromptedViT's forward as it was before prompts became keys/values only: every
+    method's prompt tokens join the sequence after the prefix and go through the whole block
+    (queries, attention rows, output projection, MLP), their outputs replaced by the next
+    block's prompts. It runs the backbone's own blocks and extension points in the same
+    order, so it draws the same dropout and drop-path masks as the model."""
+    from mmvpt.models.utils.attention import self_attention
+    from mmvpt.models.utils.block import residual_block
+    x, grid = backbone.embed(img)
+    method, vit = backbone.prompt, backbone.vit
+    B, num_prefix = x.shape[0], vit.num_prefix_tokens
+    ctx = method.start(B)
+    P = 0
+    for index, blk in enumerate(vit.blocks):
+        tokens = method.tokens(ctx, index)
+        if tokens is not None:
+            x = torch.cat([x[:, :num_prefix], tokens.expand(B, -1, -1), x[:, num_prefix + P:]], 1)
+            P = tokens.shape[1]
+        kv = method.kv(ctx, index)
+        before, after = (kv, None) if method.kv_first else (None, kv)
+        rows = []
+
+        def attention(h):
+            sa, row = self_attention(blk.attn, blk.norm1(h), before, after,
+                                     method.wants_cls_attention(index))
+            rows.append(row)
+            return blk.drop_path1(blk.ls1(sa))
+        x = residual_block(x, attention, blk.norm2, lambda h: blk.drop_path2(blk.ls2(blk.mlp(h))),
+                           lambda h: method.cross_attend(ctx, index, h, blk.attn), method.insert)
+        if rows[0] is not None:
+            image_start = num_prefix + P
+            key_start = image_start + (0 if before is None else before[0].shape[-2])
+            x = method.after_block(ctx, index, x, rows[0][:, key_start:key_start + x.shape[1] - image_start],
+                                   image_start)
+    x = vit.norm(x)
+    return (x[:, 0], )

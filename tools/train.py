@@ -12,8 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.apis import (add_training_hooks, finish_distributed, init_distributed,  # noqa: E402
-                        prepare_config)
+from mmvpt.apis import (add_training_hooks, enable_amp, finish_distributed,  # noqa: E402
+                        init_distributed, prepare_config)
 
 
 def parse_args(argv=None):
@@ -24,7 +24,9 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from the given checkpoint, or from the latest one in the work dir if no '
         'path is given')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument(
+        '--amp', action='store_true',
+        help='automatic mixed precision: float16 on GPU (AmpOptimWrapper), bfloat16 on CPU')
     parser.add_argument('--no-validate', action='store_true', help='skip validation during training')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
@@ -45,16 +47,8 @@ def main(argv=None):
         if not os.path.isfile(args.resume):
             raise FileNotFoundError(f'--resume {args.resume!r}: no such checkpoint file')
         cfg.resume, cfg.load_from = True, args.resume
-    if args.amp:
-        import torch
-        if not torch.cuda.is_available():
-            raise RuntimeError('--amp needs a CUDA device (MMEngine\'s AmpOptimWrapper); '
-                               'this machine has none')
-        wrapper = cfg.optim_wrapper
-        if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, not {wrapper.type!r}')
-        wrapper.type = 'AmpOptimWrapper'
-        wrapper.setdefault('loss_scale', 'dynamic')
+    if args.amp:  # GPU: float16 with loss scaling; CPU: bfloat16
+        enable_amp(cfg)
     add_training_hooks(cfg)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None

@@ -82,6 +82,33 @@ def adapt_to_device(cfg, launcher):
     return cfg
 
 
+# optim_wrapper types that --amp can turn into a mixed-precision one.
+_AMP_WRAPPABLE = ('OptimWrapper', 'AmpOptimWrapper', 'mmvpt.BF16AmpOptimWrapper')
+
+
+def enable_amp(cfg):
+    """``--amp``: automatic mixed precision fitting the machine. On GPU MMEngine's
+    ``AmpOptimWrapper`` (float16 autocast, dynamic loss scaling unless the config sets
+    ``loss_scale``); on CPU ``mmvpt.BF16AmpOptimWrapper`` (bfloat16 autocast, the only kind
+    CPU autocast runs, without loss scaling), since MMEngine's wrapper refuses to be built
+    without a GPU."""
+    wrapper = cfg.optim_wrapper
+    kind = wrapper.get('type', 'OptimWrapper')
+    if kind not in _AMP_WRAPPABLE:
+        raise ConfigError(f'--amp needs optim_wrapper.type OptimWrapper, not {kind!r}')
+    if torch.cuda.is_available():
+        wrapper.type = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+        return cfg
+    dtype = wrapper.pop('dtype', None)
+    if dtype not in (None, 'bfloat16', torch.bfloat16):
+        raise ConfigError(f'--amp on CPU runs bfloat16 autocast; optim_wrapper.dtype={dtype!r} '
+                          'cannot be used without a GPU')
+    wrapper.type = 'mmvpt.BF16AmpOptimWrapper'
+    wrapper.pop('loss_scale', None)  # a GPU setting: bfloat16 needs no loss scaling
+    return cfg
+
+
 _TORCHRUN_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 
 

@@ -1,16 +1,29 @@
-"""Cost of each prompt method on ViT-B/16: tuned parameters, FLOPs, train-step time and
-memory, and each one's ratio to the P=0 train step.
+"""Cost of each prompt method on a timm ViT or Swin, and its ratio to the P=0 train step.
 
-    python tools/analysis/benchmark.py [--batch 8] [--prompts 0 10 50 100 200]
-        [--methods vpt e2vpt cvpt ivpt] [--device cpu|cuda] [--steps 3] [--arch ...]
+Tuned parameters, train FLOPs, train-step time and memory of each method and prompt count:
 
-The P=0 reference is the frozen backbone with no prompts whose train step still
+    python tools/analysis/benchmark.py [--arch vit_base_patch16_224 swin_base_patch4_window7_224]
+        [--img-size 224] [--batch 8] [--prompts 0,10,50,100,200]
+        [--methods vpt,vpt_batch,e2vpt,cvpt,cvpt_sample,ivpt,none] [--with-cp] [--device cpu|cuda]
+        [--steps 3] [--arch-cfg JSON]
+
+One markdown table per (arch, image size, batch). Swin names (``swin_*``) run on
+PromptedSwin, every other name on PromptedViT; ``--arch-cfg`` is the backbone's
+``arch_cfg`` (e.g. '{"embed_dim": 32, "depth": 2, "num_heads": 2}' for a tiny ViT). Swin
+has no CLS token, so iVPT runs there without attention-guided reinforcement (AR).
+
+The P=0 reference ('none') is the frozen backbone with no prompts whose train step still
 back-propagates through every block (to the patch-embedding output), i.e. the cost
 structure of prompt tuning without prompts. FLOPs are counted with torch's
 FlopCounterMode over one forward + backward. Memory: peak CUDA memory on GPU; on CPU the
-bytes autograd saves for backward (activations), which is what grows with P.
+bytes autograd holds for backward (saved activations, each storage once, parameters left
+out), which is what grows with P. ``--with-cp`` adds that memory with gradient checkpointing
+(``with_cp=True``; on CPU the saved bytes are then each block's input plus what lies outside
+the blocks, not the one block recomputed at a time in backward) and its ratio to without.
 """
 import argparse
+import inspect
+import json
 import os.path as osp
 import sys
 import time
@@ -18,21 +31,29 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+import timm
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from mmvpt.models import PromptedViT  # noqa: E402
+from mmvpt.models import PromptedSwin, PromptedViT  # noqa: E402
 from mmvpt.utils import parameter_report  # noqa: E402
 
 VARIANTS = {
     'vpt': ('VPT-deep', lambda p: dict(type='VPT', num_tokens=p)),
+    'vpt_batch': ('VPT-deep, batch dropout', lambda p: dict(type='VPT', num_tokens=p,
+                                                            dropout_mode='batch')),
     'e2vpt': ('E2VPT (KV 10)', lambda p: dict(type='E2VPT', num_tokens=p, num_kv_tokens=10)),
     'cvpt': ('CVPT, batch dropout', lambda p: dict(type='CVPT', num_tokens=p, dropout_mode='batch')),
     'cvpt_sample': ('CVPT, sample dropout', lambda p: dict(type='CVPT', num_tokens=p,
                                                            dropout_mode='sample')),
     'ivpt': ('iVPT (k=10)', lambda p: dict(type='IVPT', num_tokens=p, num_ar_tokens=10)),
 }
+# AR reinforces the image tokens the CLS token attends to most; Swin has no CLS token.
+SWIN_VARIANTS = dict(VARIANTS, ivpt=('iVPT (no AR)', lambda p: dict(type='IVPT', num_tokens=p,
+                                                                    num_ar_tokens=0)))
+REFERENCE = 'none'  # the frozen backbone without prompts: the P=0 row every ratio refers to
+METHODS = list(VARIANTS) + [REFERENCE]
 
 
 class Classifier(nn.Module):
@@ -46,11 +67,26 @@ class Classifier(nn.Module):
         return self.head(self.backbone(img)[-1])
 
 
-def build(arch, prompt):
-    model = Classifier(PromptedViT(arch=arch, prompt=prompt, drop_path_rate=0.1))
+def backbone_class(arch):
+    return PromptedSwin if arch.startswith('swin_') else PromptedViT
+
+
+def default_img_size(arch):
+    """The input size timm's pretrained config gives ``arch`` (224 if it gives none)."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return cfg.input_size[-1] if cfg is not None and cfg.input_size else 224
+
+
+def build(arch, prompt, img_size=224, arch_cfg=None, with_cp=False):
+    options = dict(arch=arch, img_size=img_size, prompt=prompt, drop_path_rate=0.1,
+                   arch_cfg=arch_cfg)
+    if with_cp:  # only when asked: backbones without the option still run the rest
+        options['with_cp'] = True
+    model = Classifier(backbone_class(arch)(**options))
     if prompt is None:
         # Back-propagate through the frozen blocks as prompt tuning does.
-        model.backbone.vit.patch_embed.register_forward_hook(lambda m, i, out: out.requires_grad_())
+        model.backbone.timm_model.patch_embed.register_forward_hook(
+            lambda m, i, out: out.requires_grad_())
     return model.train()
 
 
@@ -77,76 +113,175 @@ def train_step(model, optimizer, img, target):
     optimizer.zero_grad(set_to_none=True)
 
 
-def measure(model, batch, device, steps):
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
-    img = torch.randn(batch, 3, 224, 224, device=device)
-    target = torch.randint(0, 100, (batch, ), device=device)
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
-        train_step(model, optimizer, img, target)
-    flops = counter.get_total_flops()
-    saved = [0]
+def saved_activation_bytes(model, img):
+    """Bytes autograd holds for backward over one forward: the storages of the saved tensors,
+    each once (q, k and v are views of one qkv output; a tensor saved by two ops is held
+    once). Parameters are left out: frozen weights saved for input gradients cost nothing
+    extra, and would hide what with_cp saves (ViT-B's weights are 330 MiB)."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    held = {}
 
     def pack(t):
-        saved[0] += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            held[storage.data_ptr()] = storage.nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(img).sum().backward()
-    optimizer.zero_grad(set_to_none=True)
-    if device == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    train_step(model, optimizer, img, target)  # warm-up
-    if device == 'cuda':
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, img, target)
-    if device == 'cuda':
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    memory = torch.cuda.max_memory_allocated() if device == 'cuda' else saved[0]
+    model.zero_grad(set_to_none=True)
+    return sum(held.values())
+
+
+def measure(model, batch, img_size, device, steps, count_flops=True):
+    """(train FLOPs, seconds per train step, memory) of ``model``; memory is peak CUDA memory
+    over a warm-up and ``steps`` timed steps on GPU, saved activation bytes on CPU. FLOPs are
+    None without ``count_flops``, seconds None when ``steps`` is 0."""
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    img = torch.randn(batch, 3, img_size, img_size, device=device)
+    target = torch.randint(0, 100, (batch, ), device=device)
+    flops = seconds = None
+    if count_flops:
+        with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+            train_step(model, optimizer, img, target)
+        flops = counter.get_total_flops()
+    memory = saved_activation_bytes(model, img) if device != 'cuda' else None
+    if steps:
+        if device == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        train_step(model, optimizer, img, target)  # warm-up
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, optimizer, img, target)
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / steps
+        if device == 'cuda':
+            memory = torch.cuda.max_memory_allocated()
     model.cpu()
     return flops, seconds, memory
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--arch', default='vit_base_patch16_224')
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--prompts', type=int, nargs='+', default=[0, 10, 50, 100, 200])
-    parser.add_argument('--methods', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--steps', type=int, default=3)
-    args = parser.parse_args()
+def _short(x):
+    """4 significant digits (whole numbers from 1000 on): ViT-B's GFLOPs and a tiny test
+    model's both stay readable."""
+    return f'{x:.0f}' if abs(x) >= 1000 else f'{x:.4g}'
+
+
+def benchmark(arch, img_size, batch, args):
+    """Prints the table of one (arch, image size, batch)."""
+    variants = SWIN_VARIANTS if backbone_class(arch) is PromptedSwin else VARIANTS
     torch.manual_seed(0)
 
+    def build_model(prompt, with_cp=False):
+        return build(arch, prompt, img_size, args.arch_cfg, with_cp)
+
+    def cp_memory(prompt):
+        # on GPU a warm-up and one step for the peak; on CPU one forward's saved bytes
+        return measure(build_model(prompt, with_cp=True), batch, img_size, args.device,
+                       1 if args.device == 'cuda' else 0, count_flops=False)[2]
+
     memory_name = 'peak GPU MiB' if args.device == 'cuda' else 'saved act. MiB'
-    print(f'{args.arch}, batch {args.batch}, {args.device}'
-          + (f' ({torch.cuda.get_device_name()})' if args.device == 'cuda' else
-             f' ({torch.get_num_threads()} threads)'))
-    print(f'| method | P | tuned params | train GFLOPs | x P=0 | step s | x P=0 | {memory_name} | x P=0 |')
-    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
-    measure(build(args.arch, None), args.batch, args.device, 1)  # warms the process up
-    base = measure(build(args.arch, None), args.batch, args.device, args.steps)
+    where = (torch.cuda.get_device_name() if args.device == 'cuda'
+             else f'{torch.get_num_threads()} threads')
+    print(f'\n{arch}, {img_size} px, batch {batch}, {args.device} ({where})'
+          + (f', arch_cfg {json.dumps(args.arch_cfg)}' if args.arch_cfg else ''))
+    header = f'| method | P | tuned params | train GFLOPs | x P=0 | step s | x P=0 | {memory_name} | x P=0 |'
+    if args.with_cp:
+        header += ' with_cp MiB | x no cp |'
+    print(header)
+    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if args.with_cp else ''))
+    measure(build_model(None), batch, img_size, args.device, 1, count_flops=False)  # warm-up
+    base = measure(build_model(None), batch, img_size, args.device, args.steps)
 
-    def row(name, p, tuned, result):
+    def row(name, p, tuned, result, prompt):
         flops, seconds, memory = result
-        print(f'| {name} | {p} | {tuned:,} | {flops / 1e9:.1f} | {flops / base[0]:.3f} | '
-              f'{seconds:.3f} | {seconds / base[1]:.2f} | {memory / 2**20:.0f} | '
-              f'{memory / base[2]:.2f} |', flush=True)
+        line = (f'| {name} | {p} | {tuned:,} | {_short(flops / 1e9)} | {flops / base[0]:.3f} | '
+                f'{seconds:.3f} | {seconds / base[1]:.2f} | {_short(memory / 2**20)} | '
+                f'{memory / base[2]:.2f} |')
+        if args.with_cp:
+            cp = cp_memory(prompt)
+            line += f' {_short(cp / 2**20)} | {cp / memory:.2f} |'
+        print(line, flush=True)
 
-    row('none (frozen)', 0, 0, base)
+    if REFERENCE in args.methods or 0 in args.prompts:
+        row('none (frozen)', 0, 0, base, None)
     for key in args.methods:
-        name, make = VARIANTS[key]
+        if key == REFERENCE:
+            continue
+        name, make = variants[key]
         for p in args.prompts:
             if p == 0:
                 continue
             prompt = make(p)
-            model = build(args.arch, prompt)
+            model = build_model(prompt)
             tuned = parameter_report(model.backbone)['tuned']
-            row(name, p, tuned, measure(model, args.batch, args.device, args.steps))
+            row(name, p, tuned, measure(model, batch, img_size, args.device, args.steps), prompt)
+
+
+def _listed(kind):
+    """argparse type: comma-separated values (``0,10,50``); spaces work too (nargs='+')."""
+    return lambda text: [kind(v) for v in text.split(',') if v]
+
+
+def _flat(lists):
+    return [v for values in lists for v in values]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--arch', nargs='+', type=_listed(str), default=[['vit_base_patch16_224']],
+                        help='timm ViT or Swin names (Swin: swin_*)')
+    parser.add_argument('--img-size', nargs='+', type=_listed(int), default=None,
+                        help="input sizes (default: each arch's pretrained size)")
+    parser.add_argument('--batch', nargs='+', type=_listed(int), default=[[8]])
+    parser.add_argument('--prompts', nargs='+', type=_listed(int), default=[[0, 10, 50, 100, 200]],
+                        help='prompt counts P; 0 prints the reference row')
+    parser.add_argument('--methods', nargs='+', type=_listed(str), default=[METHODS],
+                        help=f'any of {",".join(METHODS)} (none: the P=0 reference row)')
+    parser.add_argument('--with-cp', action='store_true',
+                        help='add the memory with gradient checkpointing (backbone with_cp=True)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        choices=['cpu', 'cuda'])
+    parser.add_argument('--steps', type=int, default=3, help='timed train steps per row')
+    parser.add_argument('--arch-cfg', type=json.loads, default=None,
+                        help="JSON keyword arguments for the backbone's arch_cfg")
+    args = parser.parse_args(argv)
+    args.arch, args.batch, args.prompts, args.methods = (
+        _flat(args.arch), _flat(args.batch), _flat(args.prompts), _flat(args.methods))
+    args.img_size = _flat(args.img_size) if args.img_size else None
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f'--methods {",".join(unknown)}: choose from {",".join(METHODS)}')
+    if any(p < 0 for p in args.prompts):
+        parser.error('--prompts: counts must be >= 0')
+    if args.steps < 1:
+        parser.error('--steps: at least 1')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available')
+    if args.arch_cfg is not None:
+        if not isinstance(args.arch_cfg, dict):
+            parser.error('--arch-cfg: a JSON object, e.g. \'{"embed_dim": 32, "depth": 2}\'')
+        # JSON has no tuples; timm's Swin takes depths / num_heads as tuples
+        args.arch_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in args.arch_cfg.items()}
+    if args.with_cp:
+        lacking = sorted({backbone_class(arch).__name__ for arch in args.arch
+                          if 'with_cp' not in inspect.signature(backbone_class(arch)).parameters})
+        if lacking:
+            parser.error(f'--with-cp: {", ".join(lacking)} takes no with_cp option (yet)')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for arch in args.arch:
+        for img_size in args.img_size or [default_img_size(arch)]:
+            for batch in args.batch:
+                benchmark(arch, img_size, batch, args)
 
 
 if __name__ == '__main__':

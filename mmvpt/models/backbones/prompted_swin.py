@@ -1,9 +1,12 @@
 """A timm SwinTransformer, frozen, run block by block with a prompt method plugged in."""
+from functools import partial
+
 import torch
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
+from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
-from ..utils.attention import project_kv, window_attention
+from ..utils.attention import join_kv, project_kv, window_attention
 from ..utils.block import residual_block
 from ..utils.swin_checkpoint import load_swin_pretrained
 from .base import PromptedBackbone
@@ -47,6 +50,8 @@ class PromptedSwin(PromptedBackbone):
         final_norm: apply the final norm to the last stage's output.
         pool_prompts: ``avg_featmap`` averages over the prompt tokens too (see above).
         drop_path_rate: stochastic depth of the (frozen) blocks.
+        with_cp: gradient checkpointing: each block (with its prompt method's extension
+            points) keeps only its input and is recomputed in backward.
         arch_cfg: extra keyword arguments for ``timm.create_model`` (e.g.
             ``dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4)``).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)``: timm ``.pth`` /
@@ -58,7 +63,8 @@ class PromptedSwin(PromptedBackbone):
 
     def __init__(self, arch='swin_base_patch4_window7_224', img_size=224, prompt=None,
                  frozen=True, out_type='avg_featmap', out_indices=-1, final_norm=True,
-                 pool_prompts=True, drop_path_rate=0., arch_cfg=None, init_cfg=None):
+                 pool_prompts=True, drop_path_rate=0., with_cp=False, arch_cfg=None,
+                 init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if out_type not in OUT_TYPES:
             raise ValueError(f'PromptedSwin out_type={out_type!r}: choose one of {OUT_TYPES}')
@@ -72,6 +78,7 @@ class PromptedSwin(PromptedBackbone):
         self.out_type = out_type
         self.final_norm = final_norm
         self.pool_prompts = pool_prompts
+        self.with_cp = with_cp
         # a plain list (not registered again): block l over all stages
         self.blocks = [block for stage in swin.layers for block in stage.blocks]
         self.num_layers = len(self.blocks)
@@ -101,7 +108,7 @@ class PromptedSwin(PromptedBackbone):
         load_swin_pretrained(self.swin, path)
 
     # -- forward -------------------------------------------------------------------------
-    def forward_block(self, layer, x, carried, ctx, prompt_outputs=False):
+    def forward_block(self, layer, x, carried=None, ctx=None, prompt_outputs=False):
         """Block ``layer`` on (B, H, W, C) tokens; ``carried`` is VPT-shallow's (b, P, C)
         prompt set or None. Returns both, updated. ``prompt_outputs``: compute the outputs
         of this block's own prompts too (they are pooled), not only their keys/values."""
@@ -121,7 +128,7 @@ class PromptedSwin(PromptedBackbone):
 
         def attention(h):
             h = block.norm1(h)
-            extra = _join_kv(kv, None if attended is None else project_kv(block.attn, block.norm1(attended)))
+            extra = join_kv(kv, None if attended is None else project_kv(block.attn, block.norm1(attended)))
             out, prompt_out = window_attention(block, h[:, P:].reshape(B, H, W, C), extra,
                                                method.kv_first, h[:, :P] if P else None)
             out = out.reshape(B, H * W, C)
@@ -147,11 +154,16 @@ class PromptedSwin(PromptedBackbone):
             if carried is not None:
                 carried = merge_prompts(stage.downsample, carried)
             for block in stage.blocks:
-                if method is None:
-                    x = block(x)
+                run = block if method is None else partial(
+                    self.forward_block, layer, carried=carried, ctx=ctx,
+                    prompt_outputs=pool and layer == last_pooled_layer)
+                if self.with_cp and torch.is_grad_enabled():
+                    # Recomputed in backward with the RNG state replayed (same dropout masks).
+                    x = checkpoint(run, x, use_reentrant=False)
                 else:
-                    x, carried = self.forward_block(layer, x, carried, ctx,
-                                                    pool and layer == last_pooled_layer)
+                    x = run(x)
+                if method is not None:
+                    x, carried = x
                 layer += 1
             if index == self.num_stages - 1 and self.final_norm:
                 x = self.swin.norm(x)
@@ -179,15 +191,3 @@ def merge_prompts(downsample, prompts):
     if isinstance(downsample, torch.nn.Identity):  # the first stage merges nothing
         return prompts
     return downsample.reduction(downsample.norm(torch.cat([prompts] * 4, dim=-1)))
-
-
-def _join_kv(first, second):
-    """One (keys, values) pair out of two optional ones, each (H, L, d) or (1|B, H, L, d).
-    The order of keys does not change attention."""
-    if first is None or second is None:
-        return first if second is None else second
-    batch = max(t.shape[0] if t.dim() == 4 else 1 for t in first + second)
-
-    def batched(t):
-        return (t if t.dim() == 4 else t.unsqueeze(0)).expand(batch, -1, -1, -1)
-    return tuple(torch.cat([batched(a), batched(b)], dim=2) for a, b in zip(first, second))

@@ -2,9 +2,10 @@
 import torch
 from timm.layers import Attention, resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
+from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
-from ..utils.attention import self_attention
+from ..utils.attention import join_kv, project_kv, self_attention
 from ..utils.block import residual_block
 from ..utils.vit_checkpoint import load_vit_pretrained
 from .base import PromptedBackbone
@@ -36,6 +37,8 @@ class PromptedViT(PromptedBackbone):
         interpolate_mode: position-embedding resize mode for other input sizes.
         drop_rate / drop_path_rate: dropout after the position embedding / stochastic depth
             of the (frozen) blocks.
+        with_cp: gradient checkpointing: each block (with its prompt method's extension
+            points) keeps only its input and is recomputed in backward.
         arch_cfg: extra keyword arguments for ``timm.create_model`` (e.g.
             ``dict(embed_dim=64, depth=2, num_heads=2)`` for a tiny test model).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads timm ``.pth`` /
@@ -46,8 +49,8 @@ class PromptedViT(PromptedBackbone):
 
     def __init__(self, arch='vit_base_patch16_224', img_size=224, prompt=None, frozen=True,
                  out_type='cls_token', out_indices=-1, final_norm=True,
-                 interpolate_mode='bicubic', drop_rate=0., drop_path_rate=0., arch_cfg=None,
-                 init_cfg=None):
+                 interpolate_mode='bicubic', drop_rate=0., drop_path_rate=0., with_cp=False,
+                 arch_cfg=None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if out_type not in OUT_TYPES:
             raise ValueError(f'PromptedViT out_type={out_type!r}: choose one of {OUT_TYPES}')
@@ -62,6 +65,7 @@ class PromptedViT(PromptedBackbone):
         self.out_type = out_type
         self.final_norm = final_norm
         self.interpolate_mode = interpolate_mode
+        self.with_cp = with_cp
         self.num_layers = len(vit.blocks)
         self.embed_dims = vit.embed_dim
         self.out_indices = self.check_out_indices(out_indices, self.num_layers, 'blocks')
@@ -116,17 +120,21 @@ class PromptedViT(PromptedBackbone):
         x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
         return x, grid
 
-    def forward_block(self, index, x, ctx, num_prompts):
-        """One timm block, with the method's extension points."""
+    def forward_block(self, index, x, ctx, num_prompts, prompt_kv=None):
+        """One timm block, with the method's extension points. ``num_prompts`` prompt tokens
+        are in ``x`` after the prefix (carried prompts); ``prompt_kv`` are the keys and
+        values of prompts that are not (each (1|B, H, P, d))."""
         block, method = self.blocks[index], self.prompt
         if method is None:
             return block(x)
         kv = method.kv(ctx, index)
+        before, after = (kv, None) if method.kv_first else (None, kv)
+        before = join_kv(before, prompt_kv)
         want_row = method.wants_cls_attention(index)
         rows = []
 
         def attention(h):
-            sa, row = self_attention(block.attn, block.norm1(h), kv, method.kv_first, want_row)
+            sa, row = self_attention(block.attn, block.norm1(h), before, after, want_row)
             rows.append(row)
             return block.drop_path1(block.ls1(sa))
 
@@ -135,29 +143,46 @@ class PromptedViT(PromptedBackbone):
             lambda h: method.cross_attend(ctx, index, h, block.attn), method.insert)
         if want_row:
             image_start = self.vit.num_prefix_tokens + num_prompts
-            key_start = image_start + (kv[0].shape[-2] if kv is not None and method.kv_first else 0)
+            key_start = image_start + (0 if before is None else before[0].shape[-2])
             x = method.after_block(ctx, index, x, rows[0][:, key_start:key_start + x.shape[1] - image_start],
                                    image_start)
         return x
 
+    def forward_prompted_block(self, index, x, ctx, num_prompts):
+        """Block ``index`` with the method's prompt tokens for it: carried ones join the
+        sequence; the others, whose outputs the next block would replace, are computed as
+        keys and values only (LN1 and the K/V rows of the frozen qkv projection), so no
+        prompt query, attention row, output projection or MLP is computed for them."""
+        tokens = self.prompt.tokens(ctx, index) if self.prompt is not None else None
+        prompt_kv = None
+        if tokens is not None and self.prompt.carries_prompts:
+            num_prefix, B = self.vit.num_prefix_tokens, x.shape[0]
+            x = torch.cat([x[:, :num_prefix], tokens.expand(B, -1, -1),
+                           x[:, num_prefix + num_prompts:]], dim=1)
+            num_prompts = tokens.shape[1]
+        elif tokens is not None:
+            block = self.blocks[index]
+            prompt_kv = project_kv(block.attn, block.norm1(tokens))
+        return self.forward_block(index, x, ctx, num_prompts, prompt_kv), num_prompts
+
     def forward(self, img):
         x, grid = self.embed(img)
-        B, num_prefix = x.shape[0], self.vit.num_prefix_tokens
         method = self.prompt
-        ctx = method.start(B) if method is not None else None
+        ctx = method.start(x.shape[0]) if method is not None else None
         num_prompts = 0
         outs = []
-        for i in range(self.num_layers):
-            tokens = method.tokens(ctx, i) if method is not None else None
-            if tokens is not None:
-                x = torch.cat([x[:, :num_prefix], tokens.expand(B, -1, -1),
-                               x[:, num_prefix + num_prompts:]], dim=1)
-                num_prompts = tokens.shape[1]
-            x = self.forward_block(i, x, ctx, num_prompts)
+        for i in range(self.out_indices[-1] + 1):  # later blocks would reach no output
+            if self.with_cp and torch.is_grad_enabled():
+                # Recomputed in backward; the RNG state is replayed, so dropout and drop-path
+                # draw the same masks.
+                x, num_prompts = checkpoint(self.forward_prompted_block, i, x, ctx, num_prompts,
+                                            use_reentrant=False)
+            else:
+                x, num_prompts = self.forward_prompted_block(i, x, ctx, num_prompts)
             if i == self.num_layers - 1 and self.final_norm:
                 x = self.vit.norm(x)
             if i in self.out_indices:
-                outs.append(self._format(x, num_prefix + num_prompts, grid))
+                outs.append(self._format(x, self.vit.num_prefix_tokens + num_prompts, grid))
         return tuple(outs)
 
     def _format(self, x, image_start, grid):

@@ -4,6 +4,8 @@ the extras prompt methods need.
 Every function reuses the module's own projections (no copies of weights) and runs the
 attention itself through ``F.scaled_dot_product_attention``.
 """
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,15 +42,26 @@ def _expand_batch(t, batch_size):
     return t.expand(batch_size, -1, -1, -1)
 
 
-def self_attention(attn, x, extra_kv=None, kv_first=True, cls_row=False):
-    """timm ``Attention.forward`` plus prompt keys/values and the CLS attention row.
+def join_kv(first, second):
+    """One (keys, values) pair out of two optional ones, each (H, L, d) or (1|B, H, L, d),
+    ``first``'s keys first."""
+    if first is None or second is None:
+        return first if second is None else second
+    batch = max(t.shape[0] if t.dim() == 4 else 1 for t in first + second)
+    return tuple(torch.cat([_expand_batch(a, batch), _expand_batch(b, batch)], dim=2)
+                 for a, b in zip(first, second))
+
+
+def self_attention(attn, x, before=None, after=None, cls_row=False):
+    """timm ``Attention.forward`` plus extra keys/values and the CLS attention row.
 
     Args:
         attn: a timm ``Attention`` module (its qkv, norms, proj and dropouts are used).
         x: (B, N, C) normalised tokens.
-        extra_kv: optional (keys, values), each (H, L, d) or (B, H, L, d), joined to the
-            projected keys and values in head space (they skip W_k / W_v), before the
-            token keys if ``kv_first`` else after them. Queries are never prompted.
+        before, after: optional (keys, values), each (H, L, d) or (1|B, H, L, d), joined
+            to the projected keys and values in head space (they skip W_k / W_v), before or
+            after the token keys: E²VPT's key-value prompts, and the keys and values of
+            prompt tokens that are not in the sequence. Only the tokens of ``x`` query.
         cls_row: also return the attention of the first query (CLS) to every key,
             softmax over all keys and mean over heads, (B, num_keys). It is one
             (1 x d) @ (d x keys) product per head; no full attention matrix is formed.
@@ -56,17 +69,20 @@ def self_attention(attn, x, extra_kv=None, kv_first=True, cls_row=False):
     B, N, _ = x.shape
     q, k, v = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    if extra_kv is not None:
-        pk, pv = (_expand_batch(t, B) for t in extra_kv)
-        k = torch.cat([pk, k] if kv_first else [k, pk], dim=2)
-        v = torch.cat([pv, v] if kv_first else [v, pv], dim=2)
+    if before is not None or after is not None:
+        empty = (k[:, :, :0], v[:, :, :0])
+        before, after = (tuple(_expand_batch(t, B) for t in kv) if kv is not None else empty
+                         for kv in (before, after))
+        k = torch.cat([before[0], k, after[0]], dim=2)
+        v = torch.cat([before[1], v, after[1]], dim=2)
     out = F.scaled_dot_product_attention(
         q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.)
     row = None
     if cls_row:
-        # Used only to rank tokens, so it needs no graph.
-        with torch.no_grad():
-            row = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(-1).mean(1)[:, 0]
+        # Used only to rank tokens, so it needs no graph; in float32 also under mixed
+        # precision, where bf16 would reorder near-equal tokens.
+        with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
+            row = ((q[:, :, :1].float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)[:, 0]
     out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
     return out, row
@@ -147,6 +163,37 @@ def _folded_cross_attention(attn, x, k, v):
     return out
 
 
+# Shifted-window masks per Swin block, by input size, device and dtype. timm's blocks with
+# dynamic_mask (PromptedSwin's: any input size) rebuild theirs every forward, though they
+# depend on the sizes only, never on parameters. Weak keys: a block's masks go with it.
+_SHIFT_MASKS = weakref.WeakKeyDictionary()
+_SHIFT_MASKS_PER_BLOCK = 8  # input sizes can vary (whole-image test): keep the latest few
+
+
+def _shift_mask(block, shifted):
+    """The block's (nW, N, N) shifted-window mask (0 / -100) for the padded, shifted
+    (B, Hp, Wp, C) map, or None for a block without shift; built once per size."""
+    if not getattr(block, 'dynamic_mask', False):
+        return block.attn_mask
+    if not any(block.shift_size):
+        return None
+    if torch.compiler.is_compiling():  # no Python-side state in a traced graph
+        return block.get_attn_mask(shifted)
+    key = (shifted.shape[1], shifted.shape[2], shifted.device, shifted.dtype,
+           tuple(block.window_size), tuple(block.shift_size))
+    masks = _SHIFT_MASKS.setdefault(block, {})
+    mask = masks.pop(key, None)
+    if mask is None:
+        # Not an inference tensor even if first built under inference_mode: later training
+        # steps use it too.
+        with torch.inference_mode(False), torch.no_grad():
+            mask = block.get_attn_mask(shifted)
+        if len(masks) >= _SHIFT_MASKS_PER_BLOCK:
+            masks.pop(next(iter(masks)))  # the least recently used
+    masks[key] = mask  # (re)inserted last: the most recently used
+    return mask
+
+
 def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None):
     """timm ``SwinTransformerBlock._attn`` (shifted windows, relative-position bias, shift
     mask) with prompts that every window attends to.
@@ -175,7 +222,7 @@ def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None):
     shifted = F.pad(shifted, (0, 0, 0, pad_w, 0, pad_h))
     _, Hp, Wp, _ = shifted.shape
     windows = window_partition(shifted, window).view(-1, block.window_area, C)
-    mask = block.get_attn_mask(shifted) if getattr(block, 'dynamic_mask', False) else block.attn_mask
+    mask = _shift_mask(block, shifted)
     prompt_out = None
     if extra_kv is None and prompts is None:
         out = block.attn(windows, mask=mask)

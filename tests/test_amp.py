@@ -1,0 +1,169 @@
+"""Mixed precision (``--amp``) on CPU: one bfloat16 training step through
+``mmvpt.BF16AmpOptimWrapper`` for every method on a tiny ViT and a tiny Swin, the choice of
+wrapper per machine, and ``tools/train.py --amp`` end to end."""
+import glob
+import math
+import os.path as osp
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.config import Config
+
+from mmvpt.apis import ConfigError, enable_amp
+from mmvpt.engine import BF16AmpOptimWrapper
+from mmvpt.models import PromptedSwin, PromptedViT
+from mmvpt.utils import load_local_checkpoint
+
+from .conftest import DEMO_CONFIG, data_options, run_tool
+from .prompt_dropout import spy_folded_cross_attention
+
+BACKBONES = {
+    'vit': (PromptedViT, dict(arch='vit_base_patch16_224', img_size=32,
+                              arch_cfg=dict(patch_size=8, embed_dim=32, depth=3, num_heads=4))),
+    'swin': (PromptedSwin, dict(arch='swin_tiny_patch4_window7_224', img_size=32,
+                                arch_cfg=dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4))),
+}
+# CVPT folds its cross-attention into the prompt side for few prompts (2), not for many (12),
+# on both backbones. iVPT's attentive reinforcement needs a CLS token: ViT only.
+METHODS = {
+    'vpt_deep': dict(type='mmvpt.VPT', num_tokens=3),
+    'vpt_shallow': dict(type='mmvpt.VPT', num_tokens=3, deep=False),
+    'e2vpt': dict(type='mmvpt.E2VPT', num_tokens=4, num_kv_tokens=2, num_segments=4),
+    'e2vpt_pruned': dict(type='mmvpt.E2VPT', num_tokens=4, num_kv_tokens=2, num_segments=4,
+                         share_kv=False, kv_location='after', prune_mode='mask'),
+    'cvpt_folded': dict(type='mmvpt.CVPT', num_tokens=2),
+    'cvpt_plain': dict(type='mmvpt.CVPT', num_tokens=12, ca_trainable=True),
+    'ivpt': dict(type='mmvpt.IVPT', num_tokens=3, num_ar_tokens=2),
+    'linear': None,
+}
+
+
+class Classifier(nn.Module):
+    """Backbone and a linear head (which trains with every method, alone for linear probing)."""
+
+    def __init__(self, backbone, num_classes=4):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.embed_dims, num_classes)
+
+    def forward(self, images):
+        return self.head(self.backbone(images)[0])
+
+
+def build(backbone, method):
+    cls, kwargs = BACKBONES[backbone]
+    prompt = METHODS[method]
+    if method == 'ivpt' and backbone == 'swin':
+        prompt = {**prompt, 'num_ar_tokens': 0}
+    torch.manual_seed(0)
+    model = Classifier(cls(prompt=prompt, **kwargs))
+    model.backbone.bind_prompt()
+    if method == 'e2vpt_pruned':  # a pruned token and a pruned segment: both masks multiply
+        with torch.no_grad():
+            model.backbone.prompt.token_mask[0, 1] = 0
+            model.backbone.prompt.segment_mask[1, 0, 2] = 0
+    return model.train()
+
+
+def float_dtypes(tensors):
+    return {name: t.dtype for name, t in tensors.items() if t.is_floating_point()}
+
+
+@pytest.mark.parametrize('backbone', sorted(BACKBONES))
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_bf16_training_step_on_cpu(monkeypatch, backbone, method):
+    model = build(backbone, method)
+    folded_calls = spy_folded_cross_attention(monkeypatch)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    tuned = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert tuned and all(n.startswith(('backbone.prompt.', 'head.')) for n in tuned)
+    torch.manual_seed(1)
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+
+    # The same forward in float32 (the prompt dropout draws on float32 prompts either way),
+    # with gradients on, so that CVPT takes the path it trains with.
+    torch.manual_seed(2)
+    float32_loss = F.cross_entropy(model(images), labels).detach()
+    folded_calls.clear()
+
+    linear_outputs = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.register_forward_hook(lambda m, i, out: linear_outputs.append(out.dtype))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    wrapper = BF16AmpOptimWrapper(optimizer=optimizer)
+    torch.manual_seed(2)
+    with wrapper.optim_context(model):  # as MMEngine's train_step: forward inside, update after
+        loss = F.cross_entropy(model(images), labels)
+    wrapper.update_params(loss)
+
+    assert torch.isfinite(loss)
+    # Autocast ran the projections in bfloat16, and the result is float32's up to its precision.
+    assert linear_outputs and set(linear_outputs) == {torch.bfloat16}
+    assert abs(loss.item() - float32_loss.item()) <= 0.02 * float32_loss.item()
+    if method.startswith('cvpt'):
+        assert bool(folded_calls) == (method == 'cvpt_folded')
+    # Every tuned tensor moved; the frozen backbone and every buffer did not.
+    state = model.state_dict()
+    assert {n for n, t in state.items() if not torch.equal(t, before[n])} == tuned
+    # Parameters, buffers (E2VPT's masks) and the optimizer state (momentum: the first
+    # step's gradients) stay float32.
+    assert set(float_dtypes(state).values()) == {torch.float32}
+    assert {t.dtype for s in optimizer.state.values() for t in s.values()} == {torch.float32}
+
+
+def test_amp_picks_bfloat16_on_cpu_and_float16_amp_wrapper_on_gpu(monkeypatch):
+    def amp_config(gpu, **wrapper):
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: gpu)
+        cfg = Config(dict(optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1), **wrapper)))
+        return enable_amp(cfg).optim_wrapper.to_dict()
+
+    sgd = dict(type='SGD', lr=0.1)
+    # CPU: bfloat16 autocast without loss scaling (MMEngine's AmpOptimWrapper needs a GPU).
+    assert amp_config(False) == dict(type='mmvpt.BF16AmpOptimWrapper', optimizer=sgd)
+    assert amp_config(False, type='AmpOptimWrapper', loss_scale=512.,
+                      dtype='bfloat16') == dict(type='mmvpt.BF16AmpOptimWrapper', optimizer=sgd)
+    with pytest.raises(ConfigError, match="--amp on CPU runs bfloat16.*dtype='float16'"):
+        amp_config(False, dtype='float16')
+    # GPU: MMEngine's AmpOptimWrapper, float16 with dynamic loss scaling unless configured.
+    assert amp_config(True) == dict(type='AmpOptimWrapper', loss_scale='dynamic', optimizer=sgd)
+    assert amp_config(True, loss_scale=512.)['loss_scale'] == 512.
+    with pytest.raises(ConfigError, match="--amp needs optim_wrapper.type OptimWrapper, not 'Other'"):
+        amp_config(False, type='Other')
+
+
+def test_train_tool_amp_on_cpu_trains_bfloat16_and_saves_float32(tiny_vtab, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('with a GPU, --amp runs MMEngine\'s float16 AmpOptimWrapper')
+    work_dir = str(tmp_path)
+    run_tool(
+        'train.py', DEMO_CONFIG, '--amp', '--work-dir', work_dir, '--cfg-options',
+        *data_options(tiny_vtab), 'train_cfg.max_epochs=2', 'train_cfg.val_interval=2',
+        'default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=2',
+        'default_hooks.logger.interval=1', 'model.backbone.frozen=True',
+        'model.backbone.prompt.type=mmvpt.E2VPT', 'model.backbone.prompt.num_tokens=4',
+        'model.backbone.prompt.num_kv_tokens=2', 'model.backbone.prompt.num_segments=4')
+    # bfloat16 was chosen: in the config the run dumped, and in its log.
+    dumped = Config.fromfile(osp.join(work_dir, osp.basename(DEMO_CONFIG)))
+    assert dumped.optim_wrapper.type == 'mmvpt.BF16AmpOptimWrapper'
+    (log_file, ) = glob.glob(osp.join(work_dir, '*', '*.log'))
+    with open(log_file) as f:
+        log = f.read()
+    assert 'mixed precision: bfloat16 autocast, no loss scaling' in log
+    losses = [float(v) for v in re.findall(r'\bloss: (\S+)', log)]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)  # 2 epochs of 2 batches
+
+    first, last = (load_local_checkpoint(osp.join(work_dir, f'epoch_{e}.pth')) for e in (1, 2))
+    state, previous = last['state_dict'], first['state_dict']
+    assert set(float_dtypes(state).values()) == {torch.float32}
+    assert {'backbone.prompt.token_mask', 'backbone.prompt.segment_mask'} <= set(state)
+    tuned = [k for k in state if k.startswith(('backbone.prompt.', 'head.')) and 'mask' not in k]
+    assert len(tuned) == 4  # prompts, key-value prompts, head weight and bias
+    assert all(not torch.equal(state[k], previous[k]) for k in tuned)
+    assert all(torch.equal(state[k], previous[k]) for k in state if k not in tuned)
+    optimizer = last['optimizer']
+    assert 'loss_scaler' not in optimizer  # no GradScaler on CPU
+    assert {t.dtype for s in optimizer['state'].values() for t in s.values() if t.dim()} == {torch.float32}
