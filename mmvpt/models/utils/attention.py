@@ -67,14 +67,24 @@ def self_attention(attn, x, before=None, after=None, cls_row=False):
             (1 x d) @ (d x keys) product per head; no full attention matrix is formed.
     """
     B, N, _ = x.shape
-    q, k, v = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    if before is not None or after is not None:
+    heads, head_dim = attn.num_heads, attn.head_dim
+    if before is None and after is None:
+        q, k, v = attn.qkv(x).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k = attn.k_norm(k)
+    else:
+        # Queries apart from keys/values: the joined keys and values are new tensors, and
+        # views of one qkv output would keep its K/V part alive for backward a second time.
+        width = heads * head_dim
+        weight, bias = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(x, weight[:width], None if bias is None else bias[:width])
+        q = q.view(B, N, heads, head_dim).transpose(1, 2)
+        k, v = project_kv(attn, x)
         empty = (k[:, :, :0], v[:, :, :0])
         before, after = (tuple(_expand_batch(t, B) for t in kv) if kv is not None else empty
                          for kv in (before, after))
         k = torch.cat([before[0], k, after[0]], dim=2)
         v = torch.cat([before[1], v, after[1]], dim=2)
+    q = attn.q_norm(q)
     out = F.scaled_dot_product_attention(
         q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.)
     row = None
