@@ -1,10 +1,15 @@
 """tools/analysis/report.py on hand-written final/summary.json files: group means, group
-mean, plain mean, tuned %, '-' for missing tasks, and the CSV at full precision."""
+mean, plain mean, tuned %, '-' for missing tasks, the CSV at full precision, a row per
+prompt count P (read from the saved configs) and the --plot figure."""
 import csv
+import functools
 import importlib.util
 import json
 import os
 import os.path as osp
+import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -48,17 +53,27 @@ def load_report_tool():
 report = load_report_tool()
 
 
-def write_summary(root, method, benchmark, task, mean, tuned_percent, folder_task=None):
-    """A final/summary.json as tools/protocol.py writes it, in its default layout."""
+def write_summary(root, method, benchmark, task, mean, tuned_percent, folder_task=None,
+                  saved=None):
+    """A final/summary.json as tools/protocol.py writes it, in its default layout. ``saved``:
+    the text of a config to leave in each final seed run, as MMEngine's runner does
+    (Runner.dump_config: ``<run dir>/<config file name>``, the --cfg-options merged in);
+    none if None."""
     folder = osp.join(root, method, f'vit-b16_{benchmark}-{folder_task or task}', 'final')
     os.makedirs(folder, exist_ok=True)
     accuracies = {'42': mean - 1, '44': mean + 1}  # their mean is ``mean``
-    summary = dict(config=f'configs/{method}/vit-b16_{benchmark}-{task}.py', method=method,
+    config = f'configs/{method}/vit-b16_{benchmark}-{task}.py'
+    summary = dict(config=config, method=method,
                    benchmark=benchmark, task=task, lr=0.1, wd=0.0, seeds=[42, 44],
                    test_accuracy=accuracies, mean=float(mean), std=1.4142135623730951,
                    tuned_params=100, total_params=10000, tuned_percent=tuned_percent)
     with open(osp.join(folder, 'summary.json'), 'w') as f:
         json.dump(summary, f)
+    if saved is not None:
+        for seed in summary['seeds']:
+            os.makedirs(osp.join(folder, f'seed{seed}'), exist_ok=True)
+            with open(osp.join(folder, f'seed{seed}', osp.basename(config)), 'w') as f:
+                f.write(saved)
 
 
 @pytest.fixture(scope='module')
@@ -194,11 +209,14 @@ def test_report_as_a_function(results_dir, tmp_path, capsys):
 
 def test_report_as_a_script(results_dir, tmp_path):
     csv_path, md_path = str(tmp_path / 'results.csv'), str(tmp_path / 'results.md')
-    proc = run_tool('analysis/report.py', results_dir, '--markdown', md_path, '--csv', csv_path)
+    png_path = str(tmp_path / 'results.png')
+    proc = run_tool('analysis/report.py', results_dir, '--markdown', md_path, '--csv', csv_path,
+                    '--plot', png_path)
     with open(md_path) as f:
         assert f.read() == proc.stdout
     check_tables(proc.stdout)
     check_csv(csv_path)
+    assert png_size(png_path) == FIXTURE_PNG_SIZE
 
 
 def test_complete_table_has_no_missing_note():
@@ -219,3 +237,262 @@ def test_same_result_twice_is_an_error(results_dir, tmp_path):
 def test_no_results_is_an_error(tmp_path):
     with pytest.raises(report.ReportError, match='no final/summary.json'):
         report.main([str(tmp_path)])
+
+
+# ------------------------------------------------------------------------ prompt counts P
+
+@functools.lru_cache(maxsize=None)
+def saved_config(path, num_tokens=None):
+    """A shipped config as a run saves it (Config.dump's text), with --cfg-options
+    model.backbone.prompt.num_tokens=``num_tokens`` when given."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(ROOT, path), import_custom_modules=False)
+    if num_tokens is not None:
+        cfg.merge_from_dict({'model.backbone.prompt.num_tokens': num_tokens})
+    return cfg.dump()
+
+
+# A CVPT sweep over P on VTAB-1k, each P in its own work dir (protocol.py --work-dir): the
+# tasks present at every P are cifar, dtd and eurosat, whose plain mean is 60 at P=1,
+# 197 / 3 at P=10 and 199 / 3 at P=100; clevr_count has a P=10 result only.
+SWEEP = {1: dict(cifar=50, dtd=40, eurosat=90),
+         10: dict(cifar=60, dtd=45, eurosat=92, clevr_count=70),
+         100: dict(cifar=55, dtd=50, eurosat=94)}
+SWEEP_MEANS = {1: 60., 10: 197 / 3, 100: 199 / 3}
+# cvpt's shipped FGVC configs: one result per task, P differing from task to task.
+CVPT_FGVC_P = dict(cub=5, nabirds=200, flowers=5, dogs=10)
+
+
+@pytest.fixture(scope='module')
+def sweep_dir(tmp_path_factory):
+    """VPT-deep at P=10 on all of VTAB-1k and FGVC, the CVPT sweep above, CVPT's FGVC
+    results with the shipped per-task P, and a linear probe (no prompt) on cub."""
+    root = str(tmp_path_factory.mktemp('sweep'))
+    for task, mean in VPT_VTAB.items():
+        write_summary(root, 'vpt', 'vtab', task, mean, VPT_VTAB_TUNED[task],
+                      saved=saved_config('configs/vpt/vit-b16_vtab-cifar.py', 10))
+    for tokens, means in SWEEP.items():
+        for task, mean in means.items():
+            write_summary(osp.join(root, f'cvpt-p{tokens}'), 'cvpt', 'vtab', task, mean, 0.1,
+                          saved=saved_config('configs/cvpt/vit-b16_vtab-cifar.py', tokens))
+    for task, mean in VPT_FGVC.items():
+        write_summary(root, 'vpt', 'fgvc', task, mean, VPT_FGVC_TUNED[task],
+                      saved=saved_config('configs/vpt/vit-b16_fgvc-cub.py', 10))
+    for task, mean in CVPT_FGVC.items():
+        write_summary(root, 'cvpt', 'fgvc', task, mean, CVPT_FGVC_TUNED[task],
+                      saved=saved_config('configs/cvpt/vit-b16_fgvc-cub.py', CVPT_FGVC_P[task]))
+    write_summary(root, 'linear', 'fgvc', 'cub', 85, 0.05,
+                  saved=saved_config('configs/linear/vit-b16_fgvc-cub.py'))
+    return root
+
+
+def test_prompt_count_from_the_saved_config(tmp_path):
+    write_summary(str(tmp_path), 'cvpt', 'vtab', 'dtd', 50., 0.1)
+    summary_path = str(tmp_path / 'cvpt' / 'vit-b16_vtab-dtd' / 'final' / 'summary.json')
+    with open(summary_path) as f:
+        summary = json.load(f)
+    assert report.prompt_count(summary_path, summary) is None  # nothing saved
+    seed_dir = tmp_path / 'cvpt' / 'vit-b16_vtab-dtd' / 'final' / 'seed42'
+    # the visualizer's copy, in the run's timestamp folder: used when the runner's is missing
+    for stamp, tokens in (('20240101_000000', 3), ('20240102_000000', 7)):
+        (seed_dir / stamp / 'vis_data').mkdir(parents=True)
+        (seed_dir / stamp / 'vis_data' / 'config.py').write_text(
+            f'model = dict(backbone=dict(prompt=dict(num_tokens={tokens})))\n')
+    assert report.prompt_count(summary_path, summary) == 7  # the newest
+    (seed_dir / 'vit-b16_vtab-dtd.py').write_text(
+        'model = dict(backbone=dict(prompt=dict(num_tokens=12, num_kv_tokens=5)))\n')
+    assert report.prompt_count(summary_path, summary) == 12
+    (seed_dir / 'vit-b16_vtab-dtd.py').write_text('model = dict(backbone=dict(type="x"))\n')
+    assert report.prompt_count(summary_path, summary) is None  # no prompt: linear, full
+
+
+def test_a_row_per_prompt_count(sweep_dir, tmp_path):
+    csv_path = str(tmp_path / 'sweep.csv')
+    markdown, _ = report.main([sweep_dir, '--csv', csv_path])
+    _, vtab = table_rows(markdown, 'VTAB-1k')
+    assert list(vtab) == ['VPT-deep', 'CVPT (P=1)', 'CVPT (P=10)', 'CVPT (P=100)']
+    assert vtab['VPT-deep']['Mean'] == '66.9'  # one P: unchanged
+    for tokens, means in SWEEP.items():
+        row = vtab[f'CVPT (P={tokens})']
+        assert {task: row[report.HEADERS[task]] for task in means} == {
+            task: f'{mean:.1f}' for task, mean in means.items()}
+    assert vtab['CVPT (P=1)']['Clevr-Count'] == vtab['CVPT (P=100)']['Clevr-Count'] == '-'
+    assert vtab['CVPT (P=1)']['Mean'] == '-'
+    vtab_section, fgvc_section = markdown.split('## FGVC')
+    assert report.SPLIT_NOTE in vtab_section and report.SPLIT_NOTE not in fgvc_section
+    _, fgvc = table_rows(markdown, 'FGVC')
+    # per-task P (cvpt) and no prompt (linear) keep a single, unlabelled row
+    assert list(fgvc) == ['Linear probing', 'VPT-deep', 'CVPT']
+    assert fgvc['CVPT']['Oxford Flowers'] == '99.5'
+    with open(csv_path, newline='') as f:
+        rows = {(r['benchmark'], r['method'], r['num_tokens']): r for r in csv.DictReader(f)}
+    assert set(rows) == {('vtab', 'vpt', '10'), ('vtab', 'cvpt', '1'), ('vtab', 'cvpt', '10'),
+                         ('vtab', 'cvpt', '100'), ('fgvc', 'linear', ''), ('fgvc', 'vpt', '10'),
+                         ('fgvc', 'cvpt', '')}
+    assert float(rows['vtab', 'cvpt', '10']['clevr_count']) == 70.0
+
+
+def test_same_result_twice_at_one_prompt_count_is_an_error(sweep_dir, tmp_path):
+    write_summary(str(tmp_path), 'cvpt', 'vtab', 'dtd', 50., 0.1,
+                  saved=saved_config('configs/cvpt/vit-b16_vtab-cifar.py', 10))
+    with pytest.raises(report.ReportError, match='two results for cvpt on vtab dtd with P=10'):
+        report.main([sweep_dir, str(tmp_path)])
+
+
+def test_one_prompt_count_changes_no_row(results_dir, tmp_path):
+    """Saved configs with one P per method (VPT's 10, CVPT's shipped per-task P) give the
+    same tables as no saved configs at all, and no accuracy-vs-P panel."""
+    root = str(tmp_path)
+    for task, mean in VPT_VTAB.items():
+        write_summary(root, 'vpt', 'vtab', task, mean, VPT_VTAB_TUNED[task],
+                      saved=saved_config('configs/vpt/vit-b16_vtab-cifar.py', 10))
+    for i, (task, mean) in enumerate(CVPT_VTAB.items()):
+        write_summary(root, 'cvpt', 'vtab', 'cifar100' if task == 'cifar' else task, mean,
+                      CVPT_VTAB_TUNED[task],
+                      saved=saved_config('configs/cvpt/vit-b16_vtab-cifar.py', (1, 10, 50)[i % 3]))
+    for task, mean in VPT_FGVC.items():
+        write_summary(root, 'vpt', 'fgvc', task, mean, VPT_FGVC_TUNED[task],
+                      saved=saved_config('configs/vpt/vit-b16_fgvc-cub.py', 10))
+    for task, mean in CVPT_FGVC.items():
+        write_summary(root, 'cvpt', 'fgvc', task, mean, CVPT_FGVC_TUNED[task],
+                      saved=saved_config('configs/cvpt/vit-b16_fgvc-cub.py', CVPT_FGVC_P[task]))
+    markdown, _ = report.main([root])
+    assert markdown == report.main([results_dir])[0]
+    check_tables(markdown)
+    fig = report.build_figure(report.load_results(report.find_summaries([root])))
+    assert sorted(ax.get_label() for ax in fig.axes) == [
+        'fgvc-means', 'fgvc-tasks', 'vtab-means', 'vtab-tasks']
+
+
+# ---------------------------------------------------------------------------- the figure
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# figure_size: slot = max(0.5, 0.15 x (table rows + 1)) inches per column; a row of panels
+# is (tasks + means) x slot + 2 x 1.0 (axis labels) + 2.0 (legend) [+ 4.5 (P curve)]
+# wide, 4.5 high; at 100 dpi. results_dir: VTAB-1k 2 rows -> (19 + 5) x 0.5 + 4 = 16.0,
+# FGVC 2 rows -> 6 x 0.5 + 4 = 7.0; 16 x 9 inches.
+FIXTURE_PNG_SIZE = (1600, 900)
+# sweep_dir: VTAB-1k 4 rows and a P curve -> 24 x 0.75 + 4 + 4.5 = 26.5 (FGVC: 3 rows,
+# 6 x 0.6 + 4 = 7.6); 26.5 x 9 inches.
+SWEEP_PNG_SIZE = (2650, 900)
+
+
+def png_size(path):
+    """(width, height) from the IHDR chunk of a file that must be a whole PNG."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    assert data[:8] == PNG_SIGNATURE
+    length, kind, width, height = struct.unpack('>I4sII', data[8:24])
+    assert (length, kind) == (13, b'IHDR')
+    assert data[-12:] == b'\0\0\0\0IEND\xaeB`\x82'
+    return width, height
+
+
+def figure_of(*work_dirs):
+    return report.build_figure(report.load_results(report.find_summaries(list(work_dirs))))
+
+
+def axes_named(fig, label):
+    found = [ax for ax in fig.axes if ax.get_label() == label]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def bar_heights(ax):
+    """{'<row label>|<column>': height} of the bars of an axes; every patch must be one."""
+    heights = {patch.get_gid(): patch.get_height() for patch in ax.patches}
+    assert None not in heights and len(heights) == len(ax.patches)
+    return heights
+
+
+def test_plot_leaves_the_markdown_unchanged(results_dir, tmp_path, capsys):
+    plain, plain_csv = report.main([results_dir])
+    plain_out = capsys.readouterr().out
+    png = str(tmp_path / 'report.png')
+    plotted, plotted_csv = report.main([results_dir, '--plot', png])
+    assert capsys.readouterr().out == plain_out == plotted == plain
+    assert plotted_csv == plain_csv
+    assert png_size(png) == FIXTURE_PNG_SIZE
+
+
+def test_figure_bars_are_the_table_numbers(results_dir):
+    fig = figure_of(results_dir)
+    assert tuple(fig.get_size_inches()) == (16.0, 9.0)
+    # no accuracy-vs-P panel: no P is known (no saved configs)
+    assert sorted(ax.get_label() for ax in fig.axes) == [
+        'fgvc-means', 'fgvc-tasks', 'vtab-means', 'vtab-tasks']
+    # per task; cvpt has no diabetic_retinopathy bar
+    assert bar_heights(axes_named(fig, 'vtab-tasks')) == {
+        **{f'VPT-deep|{task}': mean for task, mean in VPT_VTAB.items()},
+        **{f'CVPT|{task}': mean for task, mean in CVPT_VTAB.items()}}
+    # the means the table has, no bar for the ones it leaves out
+    assert bar_heights(axes_named(fig, 'vtab-means')) == pytest.approx({
+        'VPT-deep|natural': 73., 'VPT-deep|specialized': 83., 'VPT-deep|structured': 53.5,
+        'VPT-deep|group_mean': 209.5 / 3, 'VPT-deep|mean': 1271 / 19,
+        'CVPT|natural': 63., 'CVPT|structured': 47.})
+    assert bar_heights(axes_named(fig, 'fgvc-tasks')) == {
+        **{f'VPT-deep|{task}': mean for task, mean in VPT_FGVC.items()},
+        **{f'CVPT|{task}': mean for task, mean in CVPT_FGVC.items()}}
+    assert bar_heights(axes_named(fig, 'fgvc-means')) == {'VPT-deep|mean': 87.}
+    # tasks in the table's order
+    assert [t.get_text() for t in axes_named(fig, 'vtab-tasks').get_xticklabels()] == [
+        report.HEADERS[task] for task in VTAB_ORDER]
+
+
+def test_accuracy_vs_prompt_count(sweep_dir, tmp_path, capsys):
+    fig = figure_of(sweep_dir)
+    assert tuple(fig.get_size_inches()) == (26.5, 9.0)
+    ax = axes_named(fig, 'vtab-prompts')
+    (line,) = ax.get_lines()  # cvpt's; vpt has one P
+    assert list(line.get_xdata()) == [1, 10, 100]
+    assert list(line.get_ydata()) == pytest.approx([SWEEP_MEANS[p] for p in (1, 10, 100)])
+    assert line.get_label() == 'CVPT (3 tasks)'
+    assert ax.get_xscale() == 'log'
+    # FGVC: per-task P and one P per method, no curve
+    assert axes_named(fig, 'fgvc-prompts') is None
+    heights = bar_heights(axes_named(fig, 'vtab-tasks'))
+    assert heights['CVPT (P=10)|clevr_count'] == 70
+    assert 'CVPT (P=1)|clevr_count' not in heights
+    assert {key: heights[key] for key in heights if key.startswith('CVPT')} == {
+        f'CVPT (P={tokens})|{task}': mean
+        for tokens, means in SWEEP.items() for task, mean in means.items()}
+    assert bar_heights(axes_named(fig, 'fgvc-tasks'))['Linear probing|cub'] == 85
+
+    png = str(tmp_path / 'sweep.png')
+    markdown, _ = report.main([sweep_dir, '--plot', png])
+    assert png_size(png) == SWEEP_PNG_SIZE
+    assert capsys.readouterr().out == markdown == report.main([sweep_dir])[0]
+
+
+def test_prompt_curve_over_the_common_tasks_only():
+    def runs(means):
+        return {task: dict(mean=mean) for task, mean in means.items()}
+    by_row = {report.RowKey('cvpt', 5, True): runs(dict(cub=80, dogs=70, cars=60)),
+              report.RowKey('cvpt', 50, True): runs(dict(cub=90, dogs=50)),
+              report.RowKey('vpt', 10, False): runs(dict(cub=1, dogs=1, cars=1))}
+    assert report.prompt_curves(by_row, report.FGVC_TASKS) == {
+        'cvpt': (['cub', 'dogs'], [(5, 75.), (50, 70.)])}
+    # a single P, or P unknown, is no curve
+    by_row = {report.RowKey('cvpt', 5, True): runs(dict(cub=80)),
+              report.RowKey('cvpt', None, True): runs(dict(cub=90))}
+    assert report.prompt_curves(by_row, report.FGVC_TASKS) == {}
+
+
+def test_plot_wants_a_png_name(results_dir, tmp_path):
+    with pytest.raises(SystemExit):
+        report.parse_args([results_dir, '--plot', str(tmp_path / 'report.pdf')])
+    with pytest.raises(report.ReportError, match='its folder does not exist'):
+        report.main([results_dir, '--plot', str(tmp_path / 'nowhere' / 'report.png')])
+
+
+def test_the_tables_alone_do_not_import_matplotlib(results_dir):
+    code = ('import runpy, sys\n'
+            f'sys.argv = ["report.py", {results_dir!r}]\n'
+            f'runpy.run_path({osp.join(ROOT, "tools/analysis/report.py")!r}, '
+            'run_name="__main__")\n'
+            'print("matplotlib imported:", "matplotlib" in sys.modules)\n')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.endswith('matplotlib imported: False\n')
+    assert '## VTAB-1k' in proc.stdout
