@@ -97,6 +97,24 @@ def test_feature_maps_strip_prompts_at_any_size(method):
         assert [tuple(o.shape) for o in outs] == [(2, 32, size[0] // 8, size[1] // 8)] * 2
 
 
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_sizes_off_the_patch_grid_are_padded_like_mmseg(method):
+    """A slide-inference crop of an extreme aspect ratio (e.g. 57 px) is zero-padded at the
+    bottom/right to the patch grid, as mmseg's ViT pads it (padding='corner')."""
+    prompt = dict(METHODS[method])
+    if method == 'ivpt':
+        prompt['num_ar_tokens'] = 0
+    model = PromptedViT(prompt=prompt, out_type='featmap', **TINY).eval()
+    torch.manual_seed(0)
+    image = torch.randn(2, 3, 37, 57)
+    padded = torch.nn.functional.pad(image, (0, 64 - 57, 0, 40 - 37))
+    with torch.no_grad():
+        out, = model(image)
+        expected, = model(padded)
+    assert out.shape == (2, 32, 5, 8)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
 def test_average_pooling_excludes_prompts():
     model = PromptedViT(prompt=dict(type='mmvpt.VPT', num_tokens=3), out_type='avg_featmap',
                         **TINY).eval()

@@ -27,7 +27,7 @@ def pair():
     return ours, theirs
 
 
-@pytest.mark.parametrize('size', [(32, 32), (48, 64)])
+@pytest.mark.parametrize('size', [(32, 32), (48, 64), (37, 57)])  # 37 x 57: padded to the grid
 def test_feature_maps_equal_mmseg(pair, size):
     ours, theirs = pair
     img = torch.randn(2, 3, *size)
@@ -35,7 +35,7 @@ def test_feature_maps_equal_mmseg(pair, size):
         a, b = ours(img), theirs(img)
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
-        assert x.shape == y.shape == (2, 32, size[0] // 8, size[1] // 8)
+        assert x.shape == y.shape == (2, 32, -(-size[0] // 8), -(-size[1] // 8))
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
 
 

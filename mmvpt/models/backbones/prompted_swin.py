@@ -114,13 +114,22 @@ class PromptedSwin(PromptedBackbone):
         of this block's own prompts too (they are pooled), not only their keys/values."""
         block, method = self.blocks[layer], self.prompt
         tokens = method.tokens(ctx, layer)
-        attended = None
+        attended = attended_mask = None
         if tokens is not None and (method.carries_prompts or prompt_outputs):
-            carried = tokens
+            if method.prompt_mask(ctx, layer) is not None:
+                raise NotImplementedError(
+                    f'{type(method).__name__}: tasks with differently pruned prompts whose outputs '
+                    'are used (pooled or carried) cannot share a batch')
+            carried = method.for_samples(ctx, tokens)
         elif tokens is not None:
             attended = tokens
-        kv = method.kv(ctx, layer)
+            attended_mask = method.for_samples(ctx, method.prompt_mask(ctx, layer))
+        kv = method.for_samples(ctx, method.kv(ctx, layer))
         B, H, W, C = x.shape
+        extra_mask = None
+        if attended_mask is not None:  # extra keys: [KV prompts, prompts]
+            extra_mask = torch.cat([attended_mask.new_ones(B, 0 if kv is None else kv[0].shape[-2]),
+                                    attended_mask], dim=1)
         P = 0 if carried is None else carried.shape[1]
         seq = x.reshape(B, H * W, C)
         if P:
@@ -128,9 +137,10 @@ class PromptedSwin(PromptedBackbone):
 
         def attention(h):
             h = block.norm1(h)
-            extra = join_kv(kv, None if attended is None else project_kv(block.attn, block.norm1(attended)))
+            extra = join_kv(kv, None if attended is None else method.for_samples(  # per task, then per sample
+                ctx, project_kv(block.attn, block.norm1(attended))))
             out, prompt_out = window_attention(block, h[:, P:].reshape(B, H, W, C), extra,
-                                               method.kv_first, h[:, :P] if P else None)
+                                               method.kv_first, h[:, :P] if P else None, extra_mask)
             out = out.reshape(B, H * W, C)
             return block.drop_path1(out if not P else torch.cat([prompt_out, out], dim=1))
 
@@ -139,10 +149,12 @@ class PromptedSwin(PromptedBackbone):
             lambda h: method.cross_attend(ctx, layer, h, block.attn), method.insert)
         return seq[:, P:].reshape(B, H, W, C), (seq[:, :P] if P else None)
 
-    def forward(self, img):
+    def forward(self, img, tasks=None):
+        """``tasks``: (B,) task index per sample when the method holds several tasks'
+        tensors (``mmvpt.apis.MultiTaskModel``)."""
         x = self.swin.patch_embed(img)  # (B, H, W, C)
         method = self.prompt
-        ctx = method.start(x.shape[0]) if method is not None else None
+        ctx = method.start(x.shape[0], tasks) if method is not None else None
         pool = self.pool_prompts and self.out_type == 'avg_featmap'
         last_pooled_layer = len(self.swin.layers[self.out_indices[-1]].blocks) + sum(
             len(stage.blocks) for stage in self.swin.layers[:self.out_indices[-1]]) - 1

@@ -57,7 +57,11 @@ class PromptedViT(PromptedBackbone):
         vit = self.create_timm_model(arch, img_size=img_size, drop_rate=drop_rate,
                                      drop_path_rate=drop_path_rate, **(arch_cfg or {}))
         self._check_supported(arch, vit)
-        vit.patch_embed.strict_img_size = False  # any input size; pos-embed is resized
+        # Any input size: the position embedding is resized, and a size off the patch grid
+        # (a slide-inference crop at an image border) is zero-padded at the bottom / right,
+        # as mmseg's ViT does (padding='corner').
+        vit.patch_embed.strict_img_size = False
+        vit.patch_embed.dynamic_img_pad = True
         self.vit = vit
         self.arch = arch
         self.img_size = img_size
@@ -102,7 +106,7 @@ class PromptedViT(PromptedBackbone):
         vit = self.vit
         B = img.shape[0]
         patch = vit.patch_embed.patch_size
-        grid = (img.shape[-2] // patch[0], img.shape[-1] // patch[1])
+        grid = (-(-img.shape[-2] // patch[0]), -(-img.shape[-1] // patch[1]))  # padded up
         x = vit.patch_embed(img)
         pos_embed = vit.pos_embed
         if pos_embed is not None and tuple(grid) != tuple(vit.patch_embed.grid_size):
@@ -120,21 +124,26 @@ class PromptedViT(PromptedBackbone):
         x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
         return x, grid
 
-    def forward_block(self, index, x, ctx, num_prompts, prompt_kv=None):
+    def forward_block(self, index, x, ctx, num_prompts, prompt_kv=None, prompt_mask=None):
         """One timm block, with the method's extension points. ``num_prompts`` prompt tokens
         are in ``x`` after the prefix (carried prompts); ``prompt_kv`` are the keys and
-        values of prompts that are not (each (1|B, H, P, d))."""
+        values of prompts that are not (each (1|B, H, P, d)); ``prompt_mask`` (B, P) bool
+        hides some of those from a sample (stacked tasks pruned differently)."""
         block, method = self.blocks[index], self.prompt
         if method is None:
             return block(x)
-        kv = method.kv(ctx, index)
+        kv = method.for_samples(ctx, method.kv(ctx, index))
         before, after = (kv, None) if method.kv_first else (None, kv)
+        key_mask = None
+        if prompt_mask is not None:  # keys: [KV prompts if first, prompts, tokens, KV after]
+            (B, N), ones = x.shape[:2], prompt_mask.new_ones
+            key_mask = torch.cat([ones(B, _width(before)), prompt_mask, ones(B, N + _width(after))], dim=1)
         before = join_kv(before, prompt_kv)
         want_row = method.wants_cls_attention(index)
         rows = []
 
         def attention(h):
-            sa, row = self_attention(block.attn, block.norm1(h), before, after, want_row)
+            sa, row = self_attention(block.attn, block.norm1(h), before, after, want_row, key_mask)
             rows.append(row)
             return block.drop_path1(block.ls1(sa))
 
@@ -153,22 +162,27 @@ class PromptedViT(PromptedBackbone):
         sequence; the others, whose outputs the next block would replace, are computed as
         keys and values only (LN1 and the K/V rows of the frozen qkv projection), so no
         prompt query, attention row, output projection or MLP is computed for them."""
-        tokens = self.prompt.tokens(ctx, index) if self.prompt is not None else None
-        prompt_kv = None
-        if tokens is not None and self.prompt.carries_prompts:
+        method = self.prompt
+        tokens = method.tokens(ctx, index) if method is not None else None
+        prompt_kv = prompt_mask = None
+        if tokens is not None and method.carries_prompts:
             num_prefix, B = self.vit.num_prefix_tokens, x.shape[0]
-            x = torch.cat([x[:, :num_prefix], tokens.expand(B, -1, -1),
+            x = torch.cat([x[:, :num_prefix], method.for_samples(ctx, tokens).expand(B, -1, -1),
                            x[:, num_prefix + num_prompts:]], dim=1)
             num_prompts = tokens.shape[1]
         elif tokens is not None:
             block = self.blocks[index]
-            prompt_kv = project_kv(block.attn, block.norm1(tokens))
-        return self.forward_block(index, x, ctx, num_prompts, prompt_kv), num_prompts
+            # per task, then gathered per sample
+            prompt_kv = method.for_samples(ctx, project_kv(block.attn, block.norm1(tokens)))
+            prompt_mask = method.for_samples(ctx, method.prompt_mask(ctx, index))
+        return self.forward_block(index, x, ctx, num_prompts, prompt_kv, prompt_mask), num_prompts
 
-    def forward(self, img):
+    def forward(self, img, tasks=None):
+        """``tasks``: (B,) task index per sample when the method holds several tasks'
+        tensors (``mmvpt.apis.MultiTaskModel``)."""
         x, grid = self.embed(img)
         method = self.prompt
-        ctx = method.start(x.shape[0]) if method is not None else None
+        ctx = method.start(x.shape[0], tasks) if method is not None else None
         num_prompts = 0
         outs = []
         for i in range(self.out_indices[-1] + 1):  # later blocks would reach no output
@@ -193,3 +207,8 @@ class PromptedViT(PromptedBackbone):
             return image.mean(dim=1)
         B, _, C = image.shape
         return image.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2).contiguous()
+
+
+def _width(keys_values):
+    """How many keys an optional (keys, values) pair holds."""
+    return 0 if keys_values is None else keys_values[0].shape[-2]

@@ -17,6 +17,13 @@ point              asked                                       used by
 
 ``start`` runs once per forward and returns what is the same for every block call of that
 forward (mixed prompts, for instance), so it is computed once, not per block or sample.
+
+Several tasks on one backbone (``mmvpt.apis.MultiTaskModel``): the method's tuned tensors
+are stacked with a leading task axis (:meth:`PromptMethod.stack_tasks`) and the forward gets
+a per-sample task index (``ctx.tasks``). The extension points then answer per task, (T, ...)
+where they answer (1, ...) for one task, and the backbone gathers per sample
+(:meth:`PromptMethod.for_samples`) only after the per-task work (prompt keys and values are
+projected once per task, not per sample).
 """
 import math
 from types import SimpleNamespace
@@ -71,6 +78,8 @@ class PromptMethod(nn.Module):
         self.patch_size = patch_size if isinstance(patch_size, int) else patch_size[0]
         self.qkv_bias = qkv_bias
         self.has_cls_token = has_cls_token
+        #: tasks stacked on the tuned tensors' leading axis (None: one task, no such axis)
+        self.num_tasks = None
 
     # -- per-layer tensors of stage widths -----------------------------------------------------
     def stage_parameter(self, shape, init):
@@ -93,20 +102,86 @@ class PromptMethod(nn.Module):
 
     def at(self, param, layer):
         """Layer ``layer``'s slice of a :meth:`stage_parameter` (or of a list of per-stage
-        tensors)."""
+        tensors, or of any per-layer tensor); with stacked tasks, of every task: (T, ...)."""
         if isinstance(param, (nn.ParameterList, list)):
-            stage, index = self.stage_of(layer)
-            return param[stage][index]
-        return param[layer]
+            stage, layer = self.stage_of(layer)
+            param = param[stage]
+        return param[layer] if self.num_tasks is None else param[:, layer]
 
     @staticmethod
     def stage_tensors(param):
         """The per-stage tensors of a :meth:`stage_parameter` (one for ViT)."""
         return list(param) if isinstance(param, nn.ParameterList) else [param]
 
-    def start(self, batch_size):
-        """Per-forward values shared by every block call, passed back to them as ``ctx``."""
-        return SimpleNamespace(batch_size=batch_size)
+    def start(self, batch_size, tasks=None):
+        """Per-forward values shared by every block call, passed back to them as ``ctx``.
+
+        ``tasks``: (B,) task index per sample, for stacked tasks (:meth:`stack_tasks`)."""
+        if (tasks is None) != (self.num_tasks is None):
+            raise ValueError(
+                f'{type(self).__name__}: a per-sample task index needs tasks stacked by '
+                'mmvpt.apis.MultiTaskModel, and stacked tasks need one' if tasks is not None
+                else f'{type(self).__name__} holds {self.num_tasks} tasks: pass each sample\'s task')
+        if tasks is not None and self.training:
+            raise RuntimeError(f'{type(self).__name__}: stacked tasks are for inference (eval mode)')
+        return SimpleNamespace(batch_size=batch_size, tasks=tasks)
+
+    def drop(self, ctx, prompts):
+        """The method's prompt dropout (``self.dropout``, ``self.dropout_mode``) on one
+        layer's (P, D) prompts -> (1 or B, P, D); stacked tasks' (T, P, D) pass as they are."""
+        if ctx.tasks is not None:
+            return prompts
+        return drop_prompts(prompts, ctx.batch_size, self.dropout, self.dropout_mode, self.training)
+
+    @staticmethod
+    def for_samples(ctx, tensors):
+        """Per-task tensors (T, ...) (or a tuple of them) gathered to (B, ...) by the
+        per-sample task index; unchanged for one task. None stays None."""
+        if tensors is None or ctx is None or ctx.tasks is None:
+            return tensors
+        if isinstance(tensors, tuple):
+            return tuple(t[ctx.tasks] for t in tensors)
+        return tensors[ctx.tasks]
+
+    def prompt_mask(self, ctx, layer):
+        """With stacked tasks: a (T, P) bool mask of the prompts of :meth:`tokens` that take
+        part in attention (tasks may have pruned different ones), or None for all of them."""
+        return None
+
+    # -- several tasks on one backbone -------------------------------------------------
+    def check_stackable(self):
+        """Raises if the method's tuned tensors cannot be served stacked (a subclass names
+        what it cannot stack)."""
+
+    def stack_tasks(self, states):
+        """Replaces every tensor of the method (``state_dict()`` keys) by the stack of the
+        given tasks' tensors, (T, ...), as buffers: the method then serves those tasks, in
+        eval mode, with a per-sample task index (``start(B, tasks)``).
+
+        Args:
+            states: ``{task name: {key: tensor}}``, keyed like ``self.state_dict()``; the
+                task axis follows its order.
+        """
+        self.check_stackable()
+        own = self.state_dict()
+        for task, state in states.items():
+            problems = [f'{k}: not in the checkpoint' for k in own if k not in state]
+            problems += [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+                         for k, v in own.items() if k in state and state[k].shape != v.shape]
+            problems += [f'{k}: not in the model' for k in state if k not in own]
+            if problems:
+                raise ValueError(f'task {task!r}: its {type(self).__name__} tensors do not fit the '
+                                 'shared model: ' + '; '.join(problems[:8]))
+        for key, value in own.items():
+            *path, name = key.split('.')
+            module = self.get_submodule('.'.join(path))
+            stacked = torch.stack([state[key].to(value) for state in states.values()])
+            module._parameters.pop(name, None)
+            module._buffers.pop(name, None)
+            module.register_buffer(name, stacked)
+        self.num_tasks = len(states)
+        self.requires_grad_(False)
+        self.eval()
 
     def tokens(self, ctx, layer):
         return None

@@ -6,8 +6,7 @@ from timm.layers import Attention
 
 from mmvpt.registry import MODELS
 from ..utils.attention import cross_attention
-from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
-                   vpt_uniform)
+from .base import (PromptMethod, check_choices, check_dropout, check_positive, vpt_uniform)
 
 INSERT_POSITIONS = (1, 2, 3, 4, 5)
 CA_INITS = ('shared', 'random')
@@ -85,11 +84,18 @@ class CVPT(PromptMethod):
                     ca.qkv.load_state_dict(block.attn.qkv.state_dict())
                     ca.proj.load_state_dict(block.attn.proj.state_dict())
 
+    def check_stackable(self):
+        if self.owns_cross_attention:
+            raise ValueError(
+                f'CVPT with its own cross-attention (ca_init={self.ca_init!r}, ca_trainable='
+                f'{self.ca_trainable}): each task would bring a whole attention per block; '
+                'stacking serves the weight-shared frozen cross-attention (ca_init=\'shared\', '
+                'ca_trainable=False)')
+
     def cross_attend(self, ctx, layer, x, attn):
-        prompts = drop_prompts(self.at(self.prompts, layer), ctx.batch_size, self.dropout,
-                               self.dropout_mode, self.training)
+        prompts = self.drop(ctx, self.at(self.prompts, layer))
         ca = attn if self.cross_attn is None else self.cross_attn[layer]
-        return cross_attention(ca, x, prompts)
+        return cross_attention(ca, x, prompts, tasks=ctx.tasks)
 
     def extra_repr(self):
         return (f'num_tokens={self.num_tokens}, insert={self.insert}, ca_init={self.ca_init!r}, '

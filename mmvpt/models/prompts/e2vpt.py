@@ -4,8 +4,7 @@ import torch
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
-from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
-                   vpt_init_bound)
+from .base import (PromptMethod, check_choices, check_dropout, check_positive, vpt_init_bound)
 
 
 def _no_init(tensor, dim):
@@ -82,7 +81,7 @@ class E2VPT(PromptMethod):
             if not share_kv:
                 self.v_prompts = self.stage_parameter(kv_shape, _no_init)
         self.reset_parameters()
-        self._mask_cache = (None, None)
+        self._mask_cache = self._pruned_cache = (None, None)
 
     def reset_parameters(self):
         """Fresh random prompts (VPT's uniform for visual, He uniform with
@@ -130,9 +129,26 @@ class E2VPT(PromptMethod):
             self._mask_cache = (key, (kept, tokens_pruned, not bool(self.segment_mask.all())))
         return self._mask_cache[1]
 
-    def start(self, batch_size):
-        ctx = super().start(batch_size)
+    def _pruned_layers(self):
+        """Layers in which some stacked task pruned a prompt token, cached until the masks
+        change (no sync on them every forward)."""
+        key = (id(self.token_mask), self.token_mask._version)
+        if self._pruned_cache[0] != key:
+            pruned = (self.token_mask == 0).any(dim=-1).any(dim=0)  # (T, L, P) -> (L,)
+            self._pruned_cache = (key, set(pruned.nonzero().flatten().tolist()))
+        return self._pruned_cache[1]
+
+    def start(self, batch_size, tasks=None):
+        ctx = super().start(batch_size, tasks)
         if self.prompts is None:
+            return ctx
+        if tasks is not None:
+            # Tasks pruned differently: every prompt is kept in the stack; 'remove' hides a
+            # task's pruned ones from attention (prompt_mask), 'mask' zeroes them.
+            ctx.kept = None
+            ctx.mask_tokens = self.prune_mode == 'mask'
+            ctx.mask_segments = True
+            ctx.pruned_layers = self._pruned_layers()
             return ctx
         kept, tokens_pruned, segments_pruned = self._mask_state()
         scoring_tokens = self.token_mask.requires_grad
@@ -145,14 +161,20 @@ class E2VPT(PromptMethod):
     def tokens(self, ctx, layer):
         if self.prompts is None:
             return None
-        prompts, segments = self.at(self.prompts, layer), self.segment_mask[layer]
+        prompts, segments = self.at(self.prompts, layer), self.at(self.segment_mask, layer)
         if ctx.kept is not None:
             prompts, segments = prompts[ctx.kept[layer]], segments[ctx.kept[layer]]
         elif ctx.mask_tokens:
-            prompts = prompts * self.token_mask[layer].unsqueeze(-1)
+            prompts = prompts * self.at(self.token_mask, layer).unsqueeze(-1)
         if ctx.mask_segments:
             prompts = prompts * self.expand_segments(segments, layer)
-        return drop_prompts(prompts, ctx.batch_size, self.dropout, self.dropout_mode, self.training)
+        return self.drop(ctx, prompts)
+
+    def prompt_mask(self, ctx, layer):
+        if (ctx.tasks is None or self.prompts is None or self.prune_mode != 'remove'
+                or layer not in ctx.pruned_layers):
+            return None
+        return self.at(self.token_mask, layer).bool()
 
     def kv(self, ctx, layer):
         if self.kv_prompts is None:

@@ -7,8 +7,9 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 from mmvpt.registry import MODELS
-from .base import (PromptMethod, check_choices, check_dropout, check_positive, drop_prompts,
-                   uniform_prompts, vpt_init_bound, vpt_uniform)
+from ..utils.attention import report_probe
+from .base import (PromptMethod, check_choices, check_dropout, check_positive, uniform_prompts,
+                   vpt_init_bound, vpt_uniform)
 
 DA_INITS = ('identity', 'zeros')
 AR_INITS = ('vpt', 'zeros')
@@ -74,24 +75,26 @@ class IVPT(PromptMethod):
             self.ar_prompts = (uniform_prompts((L - 1, num_ar_tokens, D), bound)
                                if ar_init == 'vpt' else nn.Parameter(torch.zeros(L - 1, num_ar_tokens, D)))
 
-    def start(self, batch_size):
-        ctx = super().start(batch_size)
-        # The mixing is the same for every sample: once per forward, all blocks at once.
+    def start(self, batch_size, tasks=None):
+        ctx = super().start(batch_size, tasks)
+        # The mixing is the same for every sample: once per forward (and task), all blocks
+        # at once. Layers are axis -3 of the prompts (L, N, D) and of Γ (L - 1, N, N), with
+        # or without a leading task axis.
         ctx.prompts = []
         first_connection = 0
         for prompts in self.stage_tensors(self.prompts):
-            previous = prompts[:-1]
+            previous = prompts[..., :-1, :, :]
             if self.aggregation is not None:
-                count = previous.shape[0]
-                gamma = self.aggregation[first_connection:first_connection + count]
+                count = previous.shape[-3]
+                gamma = self.aggregation[..., first_connection:first_connection + count, :, :]
                 previous = torch.matmul(gamma, previous)
                 first_connection += count
-            ctx.prompts.append(torch.cat([prompts[:1], prompts[1:] + previous], dim=0))
+            ctx.prompts.append(torch.cat([prompts[..., :1, :, :], prompts[..., 1:, :, :] + previous],
+                                         dim=-3))
         return ctx
 
     def tokens(self, ctx, layer):
-        return drop_prompts(self.at(ctx.prompts, layer), ctx.batch_size, self.dropout, self.dropout_mode,
-                            self.training)
+        return self.drop(ctx, self.at(ctx.prompts, layer))
 
     def wants_cls_attention(self, layer):
         return self.ar_prompts is not None and layer < self.num_layers - 1
@@ -101,8 +104,9 @@ class IVPT(PromptMethod):
         B, _, D = x.shape
         k = self.num_ar_tokens
         top = cls_attention.topk(k, dim=-1).indices  # (B, k), descending
-        image = x[:, image_start:].scatter_add(
-            1, top.unsqueeze(-1).expand(B, k, D), self.ar_prompts[layer].unsqueeze(0).expand(B, k, D))
+        report_probe('reinforced', method=self, layer=layer, indices=top)
+        vectors = self.for_samples(ctx, self.at(self.ar_prompts, layer))  # (k, D) or (B, k, D)
+        image = x[:, image_start:].scatter_add(1, top.unsqueeze(-1).expand(B, k, D), vectors.expand(B, k, D))
         return torch.cat([x[:, :image_start], image], dim=1)
 
     def extra_repr(self):

@@ -2,8 +2,8 @@
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
-from .base import (PromptMethod, check_dropout, check_positive, drop_prompts, uniform_prompts,
-                   vpt_init_bound, vpt_uniform)
+from .base import (PromptMethod, check_dropout, check_positive, uniform_prompts, vpt_init_bound,
+                   vpt_uniform)
 
 
 @MODELS.register_module()
@@ -50,13 +50,18 @@ class VPT(PromptMethod):
             self.proj = nn.Linear(proj_dim, self.embed_dim)
             nn.init.kaiming_normal_(self.proj.weight, a=0, mode='fan_out')
 
+    def check_stackable(self):
+        if self.proj is not None:
+            raise ValueError('VPT with proj_dim: stacking tasks would need a projection per task; '
+                             'serve such checkpoints one model each')
+
     def tokens(self, ctx, layer):
         if layer > 0 and not self.deep:
             return None
         prompts = self.at(self.prompts, layer)
         if self.proj is not None:
             prompts = self.proj(prompts)
-        return drop_prompts(prompts, ctx.batch_size, self.dropout, self.dropout_mode, self.training)
+        return self.drop(ctx, prompts)
 
     def extra_repr(self):
         return f'num_tokens={self.num_tokens}, deep={self.deep}, dropout={self.dropout}'

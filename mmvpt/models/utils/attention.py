@@ -3,8 +3,13 @@ the extras prompt methods need.
 
 Every function reuses the module's own projections (no copies of weights) and runs the
 attention itself through ``F.scaled_dot_product_attention``.
+
+Analysis tools read what these functions compute through :func:`probe_attention`: while a
+probe is open, each call also forms its attention probabilities from the very queries and
+keys it attends with and hands them over. Without a probe nothing extra is computed.
 """
 import weakref
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -12,6 +17,43 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition, window_reverse
 
 _IDENTITY = nn.Identity()
+_PROBES = []
+
+
+@contextmanager
+def probe_attention(callback):
+    """Calls ``callback(kind, record)`` for every attention computed inside the block:
+
+    - ``'self'`` (:func:`self_attention`): ``attn`` (the module), ``probs`` (B, H, N, K)
+      over the keys [``num_before`` extra, the N tokens, ``num_after`` extra], ``output``
+      (B, N, C) after the output projection;
+    - ``'cross'`` (:func:`cross_attention`): ``attn``, ``probs`` (B, H, N, P) over the
+      prompts, ``output`` (B, N, C);
+    - ``'reinforced'`` (iVPT): ``method``, ``layer``, ``indices`` (B, k) image tokens.
+
+    Probabilities are formed without a graph; records hold tensors of this forward only.
+    """
+    _PROBES.append(callback)
+    try:
+        yield
+    finally:
+        _PROBES.remove(callback)
+
+
+def report_probe(kind, **record):
+    """Hands ``record`` to the open probes (nothing happens without one)."""
+    for callback in list(_PROBES):
+        callback(kind, record)
+
+
+def _probabilities(q, k, scale, mask=None):
+    """softmax(q k^T * scale) in float32 without a graph, (B, H, N, K); ``mask`` (bool,
+    broadcast to that shape) False where a query may not attend."""
+    with torch.no_grad():
+        scores = (q.float() * scale) @ k.float().transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float('-inf'))
+        return scores.softmax(-1)
 
 
 def _part(attn, name):
@@ -52,7 +94,7 @@ def join_kv(first, second):
                  for a, b in zip(first, second))
 
 
-def self_attention(attn, x, before=None, after=None, cls_row=False):
+def self_attention(attn, x, before=None, after=None, cls_row=False, key_mask=None):
     """timm ``Attention.forward`` plus extra keys/values and the CLS attention row.
 
     Args:
@@ -65,6 +107,8 @@ def self_attention(attn, x, before=None, after=None, cls_row=False):
         cls_row: also return the attention of the first query (CLS) to every key,
             softmax over all keys and mean over heads, (B, num_keys). It is one
             (1 x d) @ (d x keys) product per head; no full attention matrix is formed.
+        key_mask: optional (B, num_keys) bool, False for keys no query may attend to (the
+            prompts a task pruned when tasks of different pruning share a batch).
     """
     B, N, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
@@ -85,20 +129,25 @@ def self_attention(attn, x, before=None, after=None, cls_row=False):
         k = torch.cat([before[0], k, after[0]], dim=2)
         v = torch.cat([before[1], v, after[1]], dim=2)
     q = attn.q_norm(q)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
     out = F.scaled_dot_product_attention(
-        q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.)
+        q, k, v, attn_mask=mask, dropout_p=attn.attn_drop.p if attn.training else 0.)
     row = None
     if cls_row:
         # Used only to rank tokens, so it needs no graph; in float32 also under mixed
         # precision, where bf16 would reorder near-equal tokens.
-        with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
-            row = ((q[:, :, :1].float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)[:, 0]
+        with torch.autocast(q.device.type, enabled=False):
+            row = _probabilities(q[:, :, :1], k, attn.scale, mask).mean(1)[:, 0]
     out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
+    if _PROBES:
+        report_probe('self', attn=attn, probs=_probabilities(q, k, attn.scale, mask), output=out.detach(),
+                     num_before=0 if before is None else before[0].shape[2],
+                     num_after=0 if after is None else after[0].shape[2])
     return out, row
 
 
-def cross_attention(attn, x, prompts):
+def cross_attention(attn, x, prompts, tasks=None):
     """Queries from the token stream, keys and values from prompts, with ``attn``'s weights.
 
     softmax(q(x) k(p)^T / sqrt(d)) v(p), then the output projection. With a batch-shared
@@ -110,19 +159,28 @@ def cross_attention(attn, x, prompts):
     Args:
         attn: a timm ``Attention`` module: the block's own (weight sharing) or a copy.
         x: (B, N, C) tokens (CVPT applies no norm to them).
-        prompts: (1 or B, P, C).
+        prompts: (1 or B, P, C); with ``tasks``, (T, P, C): one set per task.
+        tasks: optional (B,) task index per sample: the prompt-side work is done once per
+            task, then gathered per sample.
     """
     B, N, C = x.shape
     heads, head_dim, width = _widths(attn)
     k, v = project_kv(attn, prompts)
+    if tasks is not None and k.shape[0] == 1:  # one task: batch-shared prompts
+        tasks = None
     if _fold_pays(attn, prompts, k):
-        return _folded_cross_attention(attn, x, k, v)
+        return _folded_cross_attention(attn, x, k, v, tasks)
+    if tasks is not None:
+        k, v = k[tasks], v[tasks]
     weight, bias = attn.qkv.weight, attn.qkv.bias
     q = F.linear(x, weight[:width], None if bias is None else bias[:width])
     q = _part(attn, 'q_norm')(q.view(B, N, heads, head_dim).transpose(1, 2))
     out = F.scaled_dot_product_attention(q, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
     out = out.transpose(1, 2).reshape(B, N, width)
-    return attn.proj(_part(attn, 'norm')(out))
+    out = attn.proj(_part(attn, 'norm')(out))
+    if _PROBES:
+        report_probe('cross', attn=attn, probs=_probabilities(q, k, attn.scale), output=out.detach())
+    return out
 
 
 def _fold_pays(attn, prompts, k):
@@ -139,7 +197,7 @@ def _fold_pays(attn, prompts, k):
     return num_prompts * (heads - 1) < width  # 2NPHC < 2NC^2 + 2NPC
 
 
-def _folded_cross_attention(attn, x, k, v):
+def _folded_cross_attention(attn, x, k, v, tasks=None):
     """Cross-attention with W_q and W_o moved to the prompt side.
 
     Per head h, q_h k_h^T = x (k_h W_q,h)^T + b_q,h k_h^T and
@@ -150,7 +208,9 @@ def _folded_cross_attention(attn, x, k, v):
     Args:
         attn: timm ``Attention`` (no q/scale norm).
         x: (B, N, C) tokens.
-        k, v: (b, H, P, d) prompt keys and values, b = 1 or B.
+        k, v: (b, H, P, d) prompt keys and values, b = 1 or B, or T with ``tasks``.
+        tasks: optional (B,) task per sample: the prompt-side products are formed per task
+            and gathered per sample.
     """
     B, N, C = x.shape
     b, heads, P, head_dim = k.shape
@@ -160,16 +220,25 @@ def _folded_cross_attention(attn, x, k, v):
     keys_in = torch.einsum('bhpd,hdc->bhpc', k * attn.scale, w_q).reshape(b, heads * P, C)
     w_o = attn.proj.weight.view(C, heads, head_dim)
     values_out = torch.einsum('bhpd,chd->bhpc', v, w_o).reshape(b, heads * P, C)
-    if b == 1:  # batch-shared prompts: plain (B * N, C) x (C, H * P) products
-        keys_in, values_out = keys_in[0], values_out[0]
-    scores = torch.matmul(x, keys_in.transpose(-1, -2))  # (B, N, H * P)
+    key_bias = None
     if bias is not None:
         b_q = bias[:width].view(heads, 1, head_dim)
-        scores = scores + (b_q * attn.scale * k).sum(-1).reshape(b, 1, heads * P)
+        key_bias = (b_q * attn.scale * k).sum(-1).reshape(b, 1, heads * P)
+    if tasks is not None:
+        keys_in, values_out, key_bias = (None if t is None else t[tasks]
+                                         for t in (keys_in, values_out, key_bias))
+    elif b == 1:  # batch-shared prompts: plain (B * N, C) x (C, H * P) products
+        keys_in, values_out = keys_in[0], values_out[0]
+    scores = torch.matmul(x, keys_in.transpose(-1, -2))  # (B, N, H * P)
+    if key_bias is not None:
+        scores = scores + key_bias
     probs = scores.view(B, N, heads, P).softmax(dim=-1).view(B, N, heads * P)
     out = torch.matmul(probs, values_out)
     if attn.proj.bias is not None:
         out = out + attn.proj.bias
+    if _PROBES:
+        report_probe('cross', attn=attn, probs=probs.detach().float().view(B, N, heads, P).transpose(1, 2),
+                     output=out.detach())
     return out
 
 
@@ -204,7 +273,7 @@ def _shift_mask(block, shifted):
     return mask
 
 
-def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None):
+def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None, extra_mask=None):
     """timm ``SwinTransformerBlock._attn`` (shifted windows, relative-position bias, shift
     mask) with prompts that every window attends to.
 
@@ -219,6 +288,7 @@ def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None):
             whose prompt outputs are never used. Before the window's keys if ``kv_first``.
         prompts: optional (B, P, C) normalised prompt tokens that join every window as
             queries and keys (VPT-shallow); their outputs are averaged over the windows.
+        extra_mask: optional (B, E) bool, False for extra keys no query may attend to.
 
     Returns:
         (B, H, W, C) outputs, and the prompts' (B, P, C) outputs or None.
@@ -238,14 +308,15 @@ def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None):
         out = block.attn(windows, mask=mask)
     else:
         out, prompt_out = _prompted_window_attention(block.attn, windows, mask, B, extra_kv,
-                                                     kv_first, prompts)
+                                                     kv_first, prompts, extra_mask)
     out = window_reverse(out.view(-1, window[0], window[1], C), window, Hp, Wp)[:, :H, :W]
     if has_shift:
         out = torch.roll(out, shifts=shift, dims=(1, 2))
     return out, prompt_out
 
 
-def _prompted_window_attention(attn, windows, mask, batch_size, extra_kv, kv_first, prompts):
+def _prompted_window_attention(attn, windows, mask, batch_size, extra_kv, kv_first, prompts,
+                               extra_mask=None):
     """``WindowAttention.forward`` over (B * nW, N, C) windows plus prompt keys/values
     (and prompt queries); see :func:`window_attention`."""
     num_windows_total, N, C = windows.shape
@@ -276,7 +347,13 @@ def _prompted_window_attention(attn, windows, mask, batch_size, extra_kv, kv_fir
     key_start = P + (E if kv_first else 0)
     padded = bias.new_zeros(bias.shape[0], heads, P + N, E + P + N)
     padded[:, :, P:, key_start:key_start + N] = bias
-    if mask is not None:
+    if extra_mask is not None:  # per sample: -inf on the extra keys it may not attend to
+        key_bias = padded.new_zeros(B, E + P + N)
+        extra_start = 0 if kv_first else P + N
+        key_bias[:, extra_start:extra_start + E].masked_fill_(~extra_mask, float('-inf'))
+        padded = (padded.unsqueeze(0) + key_bias[:, None, None, None]).expand(
+            B, num_windows, -1, -1, -1).reshape(-1, *padded.shape[1:])
+    elif mask is not None:
         padded = padded.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(-1, *padded.shape[1:])
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=padded, dropout_p=attn.attn_drop.p if attn.training else 0.)
