@@ -27,7 +27,8 @@ def load_benchmark():
 
 def run_tables(capsys, *args):
     """The printed tables: (title, rows), each row a dict by column name; a ratio column
-    ('x P=0') is named after the column before it ('train GFLOPs x P=0')."""
+    ('x P=0') is named after the column before it ('train GFLOPs x P=0'). --multitask
+    tables start with a 'setup' column."""
     load_benchmark().main(list(args))
     tables, title, columns = [], None, None
     for line in capsys.readouterr().out.splitlines():
@@ -35,7 +36,7 @@ def run_tables(capsys, *args):
             title = line.strip() or title
             continue
         cells = [c.strip() for c in line.strip('|').split('|')]
-        if cells[0] == 'method':
+        if cells[0] in ('method', 'setup'):
             columns = [f'{before} {name}' if name.startswith('x ') else name
                        for before, name in zip([''] + cells, cells)]
             tables.append((title, []))
@@ -101,6 +102,56 @@ def test_with_cp_column(capsys, tiny):
     (['--prompts', '0,-1'], '--prompts: counts must be >= 0'),
 ])
 def test_bad_options_are_refused(capsys, args, message):
+    with pytest.raises(SystemExit):
+        load_benchmark().parse_args(args)
+    assert message in capsys.readouterr().err
+
+
+def tiny_vit_bytes(embed, depth, patch, img):
+    """Parameter bytes of timm's ViT at this size, counted by hand (float32, no buffers):
+    patch embedding, CLS token, position embedding, blocks (LN, qkv, proj, LN, MLP 4x),
+    final LN."""
+    tokens = (img // patch) ** 2 + 1
+    block = 2 * embed + 3 * embed * embed + 3 * embed + embed * embed + embed + 2 * embed \
+        + 4 * embed * embed + 4 * embed + 4 * embed * embed + embed
+    return 4 * (3 * patch * patch * embed + embed + embed + tokens * embed + depth * block + 2 * embed)
+
+
+@pytest.mark.parametrize('timing', [[], ['--cpu-time']], ids=['wall', 'cpu_time'])
+def test_multitask_table(capsys, timing):
+    """One backbone for N tasks holds the backbone once and N tasks' prompts and heads; N
+    separate models hold N of everything."""
+    tables = run_tables(capsys, *TINY_VIT, '--multitask', '1,3', '--methods', 'cvpt,vpt',
+                        '--prompts', '4', '--batch', '4', '--steps', '1', '--device', 'cpu', *timing)
+    rate = 'images/CPU-s' if timing else 'images/s'
+    assert [title.split(', ')[:4] for title, _ in tables] == [
+        ['vit_base_patch16_224', '32 px', 'batch 4', 'CVPT'],
+        ['vit_base_patch16_224', '32 px', 'batch 4', 'VPT-deep P=4']]
+    assert 'batch dropout P=4' in tables[0][0] and 'eval, no grad' in tables[0][0]
+    backbone = tiny_vit_bytes(embed=32, depth=2, patch=8, img=32)
+    task = 4 * (2 * 4 * 32 + 100 * 32 + 100)  # CVPT / VPT-deep: P=4 of width 32 in 2 blocks; head
+    for _, rows in tables:
+        assert [(r['setup'], r['tasks'], r['backbones']) for r in rows] == [
+            ('one model, single-task batch', '1', '1'),
+            ('MultiTaskModel, mixed batch', '1', '1'), ('separate models, one per task', '1', '1'),
+            ('MultiTaskModel, mixed batch', '3', '1'), ('separate models, one per task', '3', '3')]
+        expected = [backbone + task, backbone + task, backbone + task,
+                    backbone + 3 * task, 3 * (backbone + task)]
+        assert [int(r['weights bytes'].replace(',', '')) for r in rows] == expected
+        assert [float(r['weights bytes x one model']) for r in rows] == [
+            round(e / expected[0], 3) for e in expected]
+        assert rows[0][f'{rate} x single-task batch'] == '1.00'
+        assert all(float(r[rate]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--multitask', '0,4'], '--multitask: task counts must be >= 1'),
+    (['--multitask', '4', '--methods', 'none'], '--multitask: needs a prompt method'),
+    (['--multitask', '4', '--prompts', '0'], '--multitask: needs a prompt method'),
+    (['--cpu-time'], '--cpu-time: for --multitask on --device cpu'),
+    (['--multitask', '4', '--cpu-time', '--threads', '2', '--device', 'cpu'], '--cpu-time: counts one thread'),
+])
+def test_bad_multitask_options_are_refused(capsys, args, message):
     with pytest.raises(SystemExit):
         load_benchmark().parse_args(args)
     assert message in capsys.readouterr().err

@@ -192,6 +192,14 @@ def test_checkpoint_of_another_method_or_backbone_is_named(tmp_path, demo_backbo
     p5 = train_task(p5_config, tmp_path / 'b' / 'cvpt5.pth', 0)
     with pytest.raises(CheckpointMismatchError, match=r"task 'p5'.*num_tokens=5"):
         MultiTaskModel(cvpt['task0'][0], {'task0': cvpt['task0'][1], 'p5': p5})
+    # the same setting with its defaults spelled out serves with the others
+    spelled = write_config(tmp_path / 'b' / 'spelled.py', demo_backbone,
+                           dict(type='mmvpt.CVPT', num_tokens=3, insert=3, ca_trainable=False), 3)
+    model = MultiTaskModel(cvpt['task0'][0], {'task0': cvpt['task0'][1],
+                                              'spelled': train_task(spelled, tmp_path / 'b' / 's.pth', 1)})
+    assert model.method.num_tasks == 2
+    # the shared config's data preprocessor is the one the runner would build
+    assert model.data_preprocessor.mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
     # another backbone: a full (not tuned-only) checkpoint of a fine-tuned ViT
     _, full = build(DEMO_CONFIG)
     full_ckpt = tmp_path / 'b' / 'full.pth'

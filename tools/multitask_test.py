@@ -46,7 +46,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Test several tasks\' tuned checkpoints on one frozen backbone, in '
         'batches that mix the tasks')
-    parser.add_argument('config', help='the shared model config (backbone, init_cfg, prompt method)')
+    parser.add_argument('config',
+                        help='the shared model config (backbone, init_cfg, prompt method)')
     parser.add_argument('--task', action='append', default=[], metavar=TASK_FORMAT,
                         help='a task: its name, its tuned checkpoint and its test config '
                         '(split at the last ":"); repeat for every task')
@@ -55,7 +56,8 @@ def parse_args(argv=None):
     parser.add_argument('--device', choices=['cpu', 'cuda'], default=None,
                         help='default: cuda where there is one')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of CONFIG and of every test config, key=value pairs')
+                        help='override settings of CONFIG and of every test config, '
+                        'key=value pairs')
     parser.add_argument('--out', help='a JSON file for the metrics and per-image predictions')
     return parser.parse_args(argv)
 
@@ -217,6 +219,11 @@ def prediction_record(sample):
     return record
 
 
+def _plain(value):
+    """JSON for metric values that are tensors or numpy arrays."""
+    return value.tolist() if hasattr(value, 'tolist') else str(value)
+
+
 def _value(value):
     return f'{value:.4f}' if isinstance(value, float) else str(value)
 
@@ -245,7 +252,7 @@ def report(tasks, metrics, model_seconds, total_seconds, images, args, device):
                    for task in tasks})
         if osp.dirname(args.out):
             os.makedirs(osp.dirname(args.out), exist_ok=True)
-        atomic_write(args.out, json.dumps(result, indent=1))
+        atomic_write(args.out, json.dumps(result, indent=1, default=_plain))
         print(f'results in {args.out}')
 
 
@@ -262,7 +269,8 @@ def main(argv=None):
         # VPT's projection); a config that cannot work.
         except (FileNotFoundError, CheckpointMismatchError, ConfigError, ValueError,
                 RuntimeError) as err:
-            raise UsageError(' '.join(line.strip() for line in str(err).splitlines() if line.strip())) from None
+            lines = (line.strip() for line in str(err).splitlines())
+            raise UsageError(' '.join(line for line in lines if line)) from None
         metrics, model_seconds, total_seconds, images = evaluate(model, tasks, args.batch_size, device)
     except UsageError as err:
         sys.exit(f'mmvpt: {err}')

@@ -1,5 +1,6 @@
 """One frozen backbone, many tasks: several tuned-only checkpoints of one method served in one
 batch, each sample with its own task's prompts and head."""
+import inspect
 import logging
 import os.path as osp
 
@@ -11,6 +12,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 from mmvpt.models.backbones.base import PromptedBackbone
 from mmvpt.models.utils.vit_checkpoint import CheckpointMismatchError
+from mmvpt.registry import MODELS as MMVPT_MODELS
 from mmvpt.utils.checkpoint_loading import load_local_checkpoint
 
 PROMPT_PREFIX = 'backbone.prompt.'
@@ -52,7 +54,10 @@ class MultiTaskModel(nn.Module):
             self.backbone = config_or_backbone
         else:
             self.cfg = _load_config(config_or_backbone)
-            model = _build_classifier(self.cfg.model, self.cfg.filename)
+            model_cfg = self.cfg.model.copy()
+            if 'data_preprocessor' in self.cfg:  # where the runner takes it from, too
+                model_cfg.setdefault('data_preprocessor', self.cfg.data_preprocessor)
+            model = _build_classifier(model_cfg, self.cfg.filename)
             self.backbone, self.neck = model.backbone, model.neck
             self.data_preprocessor = model.data_preprocessor
         self.method = self.backbone.prompt
@@ -114,7 +119,7 @@ class MultiTaskModel(nn.Module):
                     raise CheckpointMismatchError(
                         f'{source} was tuned on backbone {key}={theirs.get(key)!r}, the shared '
                         f'model has {ours.get(key)!r}')
-            ours, theirs = (_plain(c.get('prompt')) or {} for c in (ours, theirs))
+            ours, theirs = (_method_settings(c.get('prompt')) for c in (ours, theirs))
             for key in sorted(set(ours) | set(theirs)):
                 if key not in EVAL_NEUTRAL_OPTIONS and ours.get(key) != theirs.get(key):
                     raise CheckpointMismatchError(
@@ -264,6 +269,22 @@ def _load_task(name, spec):
 def _frozen_part(state):
     return {k: v for k, v in state.items()
             if k.startswith('backbone.') and not k.startswith(PROMPT_PREFIX)}
+
+
+def _method_settings(prompt_cfg):
+    """A prompt config as the method builds it: its class name and every option, defaults
+    filled in (so ``insert=3`` spelled out equals it left to the default)."""
+    if not prompt_cfg:
+        return {}
+    options = _plain(prompt_cfg)
+    name = str(options.pop('type')).split('.')[-1]
+    method = MMVPT_MODELS.get(name)
+    if method is None:
+        return dict(type=name, **options)
+    settings = {key: param.default for key, param in inspect.signature(method).parameters.items()
+                if param.default is not inspect.Parameter.empty}
+    settings.update(options)
+    return dict(type=method.__name__, **settings)
 
 
 def _plain(value):
