@@ -263,24 +263,34 @@ SWEEP_MEANS = {1: 60., 10: 197 / 3, 100: 199 / 3}
 CVPT_FGVC_P = dict(cub=5, nabirds=200, flowers=5, dogs=10)
 
 
-@pytest.fixture(scope='module')
-def sweep_dir(tmp_path_factory):
-    """VPT-deep at P=10 on all of VTAB-1k and FGVC, the CVPT sweep above, CVPT's FGVC
-    results with the shipped per-task P, and a linear probe (no prompt) on cub."""
-    root = str(tmp_path_factory.mktemp('sweep'))
+def write_saved_vpt_vtab(root):
+    """VPT-deep's VTAB-1k results, each with its run's saved config (P = 10)."""
     for task, mean in VPT_VTAB.items():
         write_summary(root, 'vpt', 'vtab', task, mean, VPT_VTAB_TUNED[task],
                       saved=saved_config('configs/vpt/vit-b16_vtab-cifar.py', 10))
-    for tokens, means in SWEEP.items():
-        for task, mean in means.items():
-            write_summary(osp.join(root, f'cvpt-p{tokens}'), 'cvpt', 'vtab', task, mean, 0.1,
-                          saved=saved_config('configs/cvpt/vit-b16_vtab-cifar.py', tokens))
+
+
+def write_saved_fgvc(root):
+    """VPT-deep's and CVPT's FGVC results, each with its run's saved config."""
     for task, mean in VPT_FGVC.items():
         write_summary(root, 'vpt', 'fgvc', task, mean, VPT_FGVC_TUNED[task],
                       saved=saved_config('configs/vpt/vit-b16_fgvc-cub.py', 10))
     for task, mean in CVPT_FGVC.items():
         write_summary(root, 'cvpt', 'fgvc', task, mean, CVPT_FGVC_TUNED[task],
                       saved=saved_config('configs/cvpt/vit-b16_fgvc-cub.py', CVPT_FGVC_P[task]))
+
+
+@pytest.fixture(scope='module')
+def sweep_dir(tmp_path_factory):
+    """VPT-deep at P=10 on all of VTAB-1k and FGVC, the CVPT sweep above, CVPT's FGVC
+    results with the shipped per-task P, and a linear probe (no prompt) on cub."""
+    root = str(tmp_path_factory.mktemp('sweep'))
+    write_saved_vpt_vtab(root)
+    for tokens, means in SWEEP.items():
+        for task, mean in means.items():
+            write_summary(osp.join(root, f'cvpt-p{tokens}'), 'cvpt', 'vtab', task, mean, 0.1,
+                          saved=saved_config('configs/cvpt/vit-b16_vtab-cifar.py', tokens))
+    write_saved_fgvc(root)
     write_summary(root, 'linear', 'fgvc', 'cub', 85, 0.05,
                   saved=saved_config('configs/linear/vit-b16_fgvc-cub.py'))
     return root
@@ -343,19 +353,12 @@ def test_one_prompt_count_changes_no_row(results_dir, tmp_path):
     """Saved configs with one P per method (VPT's 10, CVPT's shipped per-task P) give the
     same tables as no saved configs at all, and no accuracy-vs-P panel."""
     root = str(tmp_path)
-    for task, mean in VPT_VTAB.items():
-        write_summary(root, 'vpt', 'vtab', task, mean, VPT_VTAB_TUNED[task],
-                      saved=saved_config('configs/vpt/vit-b16_vtab-cifar.py', 10))
+    write_saved_vpt_vtab(root)
     for i, (task, mean) in enumerate(CVPT_VTAB.items()):
         write_summary(root, 'cvpt', 'vtab', 'cifar100' if task == 'cifar' else task, mean,
                       CVPT_VTAB_TUNED[task],
                       saved=saved_config('configs/cvpt/vit-b16_vtab-cifar.py', (1, 10, 50)[i % 3]))
-    for task, mean in VPT_FGVC.items():
-        write_summary(root, 'vpt', 'fgvc', task, mean, VPT_FGVC_TUNED[task],
-                      saved=saved_config('configs/vpt/vit-b16_fgvc-cub.py', 10))
-    for task, mean in CVPT_FGVC.items():
-        write_summary(root, 'cvpt', 'fgvc', task, mean, CVPT_FGVC_TUNED[task],
-                      saved=saved_config('configs/cvpt/vit-b16_fgvc-cub.py', CVPT_FGVC_P[task]))
+    write_saved_fgvc(root)
     markdown, _ = report.main([root])
     assert markdown == report.main([results_dir])[0]
     check_tables(markdown)
