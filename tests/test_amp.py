@@ -14,31 +14,12 @@ from mmengine.config import Config
 
 from mmvpt.apis import ConfigError, enable_amp
 from mmvpt.engine import BF16AmpOptimWrapper
-from mmvpt.models import PromptedSwin, PromptedViT
 from mmvpt.utils import load_local_checkpoint
 
 from .conftest import DEMO_CONFIG, data_options, run_tool
+from .helpers.tiny_models import BACKBONES, METHODS, prompt_config
 from .prompt_dropout import spy_folded_cross_attention
 
-BACKBONES = {
-    'vit': (PromptedViT, dict(arch='vit_base_patch16_224', img_size=32,
-                              arch_cfg=dict(patch_size=8, embed_dim=32, depth=3, num_heads=4))),
-    'swin': (PromptedSwin, dict(arch='swin_tiny_patch4_window7_224', img_size=32,
-                                arch_cfg=dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4))),
-}
-# CVPT folds its cross-attention into the prompt side for few prompts (2), not for many (12),
-# on both backbones. iVPT's attentive reinforcement needs a CLS token: ViT only.
-METHODS = {
-    'vpt_deep': dict(type='mmvpt.VPT', num_tokens=3),
-    'vpt_shallow': dict(type='mmvpt.VPT', num_tokens=3, deep=False),
-    'e2vpt': dict(type='mmvpt.E2VPT', num_tokens=4, num_kv_tokens=2, num_segments=4),
-    'e2vpt_pruned': dict(type='mmvpt.E2VPT', num_tokens=4, num_kv_tokens=2, num_segments=4,
-                         share_kv=False, kv_location='after', prune_mode='mask'),
-    'cvpt_folded': dict(type='mmvpt.CVPT', num_tokens=2),
-    'cvpt_plain': dict(type='mmvpt.CVPT', num_tokens=12, ca_trainable=True),
-    'ivpt': dict(type='mmvpt.IVPT', num_tokens=3, num_ar_tokens=2),
-    'linear': None,
-}
 
 
 class Classifier(nn.Module):
@@ -55,17 +36,27 @@ class Classifier(nn.Module):
 
 def build(backbone, method):
     cls, kwargs = BACKBONES[backbone]
-    prompt = METHODS[method]
-    if method == 'ivpt' and backbone == 'swin':
-        prompt = {**prompt, 'num_ar_tokens': 0}
     torch.manual_seed(0)
-    model = Classifier(cls(prompt=prompt, **kwargs))
+    model = Classifier(cls(prompt=prompt_config(backbone, method), **kwargs))
     model.backbone.bind_prompt()
     if method == 'e2vpt_pruned':  # a pruned token and a pruned segment: both masks multiply
         with torch.no_grad():
             model.backbone.prompt.token_mask[0, 1] = 0
             model.backbone.prompt.segment_mask[1, 0, 2] = 0
     return model.train()
+
+
+def spy_attention_dtypes(monkeypatch):
+    """The dtypes (q, k, v) of every scaled_dot_product_attention call, as the call gets
+    them (before autocast casts anything)."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        calls.append((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, *args, **kwargs)
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    return calls
 
 
 def float_dtypes(tensors):
@@ -96,6 +87,7 @@ def test_bf16_training_step_on_cpu(monkeypatch, backbone, method):
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     wrapper = BF16AmpOptimWrapper(optimizer=optimizer)
     torch.manual_seed(2)
+    attention_dtypes = spy_attention_dtypes(monkeypatch)
     with wrapper.optim_context(model):  # as MMEngine's train_step: forward inside, update after
         loss = F.cross_entropy(model(images), labels)
     wrapper.update_params(loss)
@@ -103,6 +95,10 @@ def test_bf16_training_step_on_cpu(monkeypatch, backbone, method):
     assert torch.isfinite(loss)
     # Autocast ran the projections in bfloat16, and the result is float32's up to its precision.
     assert linear_outputs and set(linear_outputs) == {torch.bfloat16}
+    # Prompt keys/values (float32 parameters) join the tokens' in bfloat16: a float32 join
+    # would promote every key and value of the block to float32.
+    if backbone == 'vit' or method not in ('linear', 'cvpt_plain', 'cvpt_folded'):  # timm's Swin: no SDPA
+        assert attention_dtypes and set(attention_dtypes) == {(torch.bfloat16, ) * 3}
     assert abs(loss.item() - float32_loss.item()) <= 0.02 * float32_loss.item()
     if method.startswith('cvpt'):
         assert bool(folded_calls) == (method == 'cvpt_folded')

@@ -204,10 +204,24 @@ def test_ivpt_ar_adds_in_descending_attention_order():
         m.ar_prompts.copy_(torch.tensor([[[1., 0, 0, 0], [0, 10., 0, 0]]]))
     x = torch.zeros(1, 2 + 3, 4)  # CLS, one prompt, three image tokens
     row = torch.tensor([[0.2, 0.7, 0.1]])  # image token 1 most attended, then 0
-    out = m.after_block(None, 0, x, row, image_start=2)
+    out = m.after_block(m.start(1), 0, x, row, image_start=2)
     assert out[0, 2 + 1].tolist() == [1., 0, 0, 0]
     assert out[0, 2 + 0].tolist() == [0, 10., 0, 0]
     assert out[0, :2].abs().sum() == 0 and out[0, 2 + 2].abs().sum() == 0
+
+
+def test_cvpt_folds_on_cpu_only():
+    """The folded cross-attention is chosen by FLOPs on a CPU; on another device (a GPU; the
+    meta device stands in for one here) the plain form, whatever the prompt count."""
+    from mmvpt.models.utils.attention import _fold_pays
+    attn = build(dict(type='mmvpt.CVPT', num_tokens=5)).blocks[0].attn
+    for device, expected in (('cpu', True), ('meta', False)):
+        x = torch.zeros(2, 17, 32, device=device)
+        prompts = torch.zeros(1, 5, 32, device=device)
+        k = torch.zeros(1, 4, 5, 8, device=device)
+        assert _fold_pays(attn, x, prompts, k) == expected, device
+    many = torch.zeros(1, 12, 32)  # 12 prompts x 4 heads >= width 32: plain on CPU too
+    assert not _fold_pays(attn, torch.zeros(2, 17, 32), many, torch.zeros(1, 4, 12, 8))
 
 
 # -- CVPT's own trainable cross-attention ------------------------------------------------------

@@ -306,8 +306,8 @@ def test_ivpt_connects_within_stages_only_and_switches_ar_off():
         m.aggregation[1].copy_(2 * torch.eye(3))
     ctx = m.start(2)
     stage1 = m.prompts[1]
-    assert torch.allclose(m.at(ctx.prompts, 3), stage1[1] + 2 * stage1[0])
-    assert torch.equal(m.at(ctx.prompts, 2), stage1[0])  # the stage's first block: no connection
+    assert torch.allclose(ctx.at('prompts', 3), stage1[1] + 2 * stage1[0])
+    assert torch.equal(ctx.at('prompts', 2), stage1[0])  # the stage's first block: no connection
 
 
 SWIN_METHODS = {

@@ -60,10 +60,12 @@ def test_vit_b_parameter_counts(vit_b_counts):
 # -- frozen backbone: gradients only where tuned ----------------------------------------
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_backward_reaches_only_prompts_and_head(method):
+    from mmengine.registry import DefaultScope
     from mmpretrain.models import ImageClassifier
-    model = ImageClassifier(
-        backbone=dict(type='mmvpt.PromptedViT', prompt=METHODS[method], **TINY),
-        head=dict(type='LinearClsHead', num_classes=3, in_channels=32))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # whatever scope another test left
+        model = ImageClassifier(
+            backbone=dict(type='mmvpt.PromptedViT', prompt=METHODS[method], **TINY),
+            head=dict(type='LinearClsHead', num_classes=3, in_channels=32))
     model.train()
     inputs = torch.randn(2, 3, 32, 32)
     from mmpretrain.structures import DataSample

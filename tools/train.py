@@ -1,6 +1,6 @@
 """Train an mmpretrain or mmseg config (picked by its default_scope) with MMEngine's runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--compile [BACKEND]]
                                  [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 """
 import argparse
@@ -27,6 +27,10 @@ def parse_args(argv=None):
     parser.add_argument(
         '--amp', action='store_true',
         help='automatic mixed precision: float16 on GPU (AmpOptimWrapper), bfloat16 on CPU')
+    parser.add_argument(
+        '--compile', nargs='?', const='inductor', metavar='BACKEND',
+        help="torch.compile the train step (MMEngine's compile option; default backend: "
+        'inductor). The first iterations are slow while it compiles')
     parser.add_argument('--no-validate', action='store_true', help='skip validation during training')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
@@ -49,6 +53,8 @@ def main(argv=None):
         cfg.resume, cfg.load_from = True, args.resume
     if args.amp:  # GPU: float16 with loss scaling; CPU: bfloat16
         enable_amp(cfg)
+    if args.compile:
+        cfg.compile = dict(backend=args.compile)
     add_training_hooks(cfg)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None

@@ -152,6 +152,7 @@ class PromptPruningHook(Hook):
                 mask = kept.float().flatten(1).scatter_(-1, lowest, 0.).view_as(ranked)
                 method.segment_mask[method.prunable_layers] = mask
         for name, method in methods:
+            method.masks_changed()  # a compiled forward reads the new masks from here
             result[name].update(
                 kept_tokens=[row.nonzero().flatten().tolist() for row in method.token_mask],
                 kept_segments=[[seg.nonzero().flatten().tolist() for seg in block]

@@ -175,7 +175,7 @@ class PromptedViT(PromptedBackbone):
             # per task, then gathered per sample
             prompt_kv = method.for_samples(ctx, project_kv(block.attn, block.norm1(tokens)))
             prompt_mask = method.for_samples(ctx, method.prompt_mask(ctx, index))
-        return self.forward_block(index, x, ctx, num_prompts, prompt_kv, prompt_mask), num_prompts
+        return self.forward_block(index, x, ctx, num_prompts, prompt_kv, prompt_mask)
 
     def forward(self, img, tasks=None):
         """``tasks``: (B,) task index per sample when the method holds several tasks'
@@ -183,20 +183,20 @@ class PromptedViT(PromptedBackbone):
         x, grid = self.embed(img)
         method = self.prompt
         ctx = method.start(x.shape[0], tasks) if method is not None else None
-        num_prompts = 0
+        num_tokens = self.vit.num_prefix_tokens + grid[0] * grid[1]  # without prompts
         outs = []
         for i in range(self.out_indices[-1] + 1):  # later blocks would reach no output
+            num_prompts = x.shape[1] - num_tokens  # carried ones: [prefix, prompts, image]
             if self.with_cp and torch.is_grad_enabled():
                 # Recomputed in backward; the RNG state is replayed, so dropout and drop-path
                 # draw the same masks.
-                x, num_prompts = checkpoint(self.forward_prompted_block, i, x, ctx, num_prompts,
-                                            use_reentrant=False)
+                x = checkpoint(self.forward_prompted_block, i, x, ctx, num_prompts, use_reentrant=False)
             else:
-                x, num_prompts = self.forward_prompted_block(i, x, ctx, num_prompts)
+                x = self.forward_prompted_block(i, x, ctx, num_prompts)
             if i == self.num_layers - 1 and self.final_norm:
                 x = self.vit.norm(x)
             if i in self.out_indices:
-                outs.append(self._format(x, self.vit.num_prefix_tokens + num_prompts, grid))
+                outs.append(self._format(x, x.shape[1] - grid[0] * grid[1], grid))
         return tuple(outs)
 
     def _format(self, x, image_start, grid):

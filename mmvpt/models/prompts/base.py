@@ -26,13 +26,34 @@ where they answer (1, ...) for one task, and the backbone gathers per sample
 projected once per task, not per sample).
 """
 import math
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 DROPOUT_MODES = ('sample', 'batch')
+
+
+class ForwardContext:
+    """What one forward shares across its block calls (:meth:`PromptMethod.start`).
+
+    A declared class, not an ad-hoc namespace, so that ``torch.compile`` traces it without
+    a graph break; a method that needs more per-forward values subclasses it, declares
+    them with their defaults, and names the subclass in ``context_class``.
+    """
+
+    def __init__(self, batch_size, tasks=None, layers=None):
+        #: samples in the batch (B)
+        self.batch_size = batch_size
+        #: (B,) task index per sample with stacked tasks, else None
+        self.tasks = tasks
+        #: ``{name: [layer 0's tensor, layer 1's, ...]}``: the method's per-layer tensors
+        #: (:attr:`PromptMethod.per_layer`), sliced once for the whole forward
+        self.layers = {} if layers is None else layers
+
+    def at(self, name, layer):
+        """Layer ``layer``'s slice of the method's per-layer tensor ``name``."""
+        return self.layers[name][layer]
 
 
 class PromptMethod(nn.Module):
@@ -59,6 +80,11 @@ class PromptMethod(nn.Module):
     #: the outputs of block l's prompt tokens enter block l + 1 (VPT-shallow). Otherwise
     #: each block's prompts replace the previous ones, so their outputs are never used.
     carries_prompts = False
+    #: the per-forward context :meth:`start` returns
+    context_class = ForwardContext
+    #: names of the method's per-layer tensors that :meth:`start` slices into layers for
+    #: the forward (``ctx.at(name, layer)``)
+    per_layer = ()
 
     def __init__(self, num_layers, embed_dim, num_heads, patch_size=16, qkv_bias=True,
                  has_cls_token=True):
@@ -102,11 +128,22 @@ class PromptMethod(nn.Module):
 
     def at(self, param, layer):
         """Layer ``layer``'s slice of a :meth:`stage_parameter` (or of a list of per-stage
-        tensors, or of any per-layer tensor); with stacked tasks, of every task: (T, ...)."""
+        tensors, or of any per-layer tensor); with stacked tasks, of every task: (T, ...).
+        On the forward path read ``ctx.at`` instead (see :meth:`layers`)."""
         if isinstance(param, (nn.ParameterList, list)):
             stage, layer = self.stage_of(layer)
             param = param[stage]
         return param[layer] if self.num_tasks is None else param[:, layer]
+
+    def layers(self, param):
+        """Every layer's slice of a :meth:`stage_parameter` (or of a list of per-stage
+        tensors, or of any per-layer tensor) as a list, by one ``unbind`` per stage. Taken
+        once per forward, this is one op and, in backward, one stack of the layers'
+        gradients, where slicing in every block call would be L slices, L zero-padded
+        gradients of the whole tensor and L - 1 additions of them."""
+        axis = 0 if self.num_tasks is None else 1
+        stages = param if isinstance(param, (nn.ParameterList, list, tuple)) else [param]
+        return [t for stage in stages for t in stage.unbind(axis)]
 
     @staticmethod
     def stage_tensors(param):
@@ -124,7 +161,9 @@ class PromptMethod(nn.Module):
                 else f'{type(self).__name__} holds {self.num_tasks} tasks: pass each sample\'s task')
         if tasks is not None and self.training:
             raise RuntimeError(f'{type(self).__name__}: stacked tasks are for inference (eval mode)')
-        return SimpleNamespace(batch_size=batch_size, tasks=tasks)
+        layers = {name: self.layers(getattr(self, name)) for name in self.per_layer
+                  if getattr(self, name) is not None}
+        return self.context_class(batch_size, tasks, layers)
 
     def drop(self, ctx, prompts):
         """The method's prompt dropout (``self.dropout``, ``self.dropout_mode``) on one

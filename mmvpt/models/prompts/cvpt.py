@@ -40,6 +40,7 @@ class CVPT(PromptMethod):
             Otherwise each block gets its own copy, filled from the self-attention after
             the pretrained weights load (``bind_backbone``).
     """
+    per_layer = ('prompts', )
     def __init__(self, num_tokens=10, insert=3, dropout=0.1, dropout_mode='sample',
                  init='xavier', ca_init='shared', ca_trainable=False, **backbone):
         super().__init__(**backbone)
@@ -93,7 +94,7 @@ class CVPT(PromptMethod):
                 'ca_trainable=False)')
 
     def cross_attend(self, ctx, layer, x, attn):
-        prompts = self.drop(ctx, self.at(self.prompts, layer))
+        prompts = self.drop(ctx, ctx.at('prompts', layer))
         ca = attn if self.cross_attn is None else self.cross_attn[layer]
         return cross_attention(ca, x, prompts, tasks=ctx.tasks)
 

@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
-from .base import (PromptMethod, check_choices, check_dropout, check_positive, vpt_init_bound)
+from .base import (ForwardContext, PromptMethod, check_choices, check_dropout, check_positive,
+                   vpt_init_bound)
 
 
 def _no_init(tensor, dim):
@@ -14,6 +15,16 @@ def _no_init(tensor, dim):
 PRUNE_MODES = ('remove', 'mask')
 SEGMENT_LAYOUTS = ('contiguous', 'interleaved')
 KV_LOCATIONS = ('before', 'after')
+
+
+class E2VPTContext(ForwardContext):
+    #: kept token indices per layer (``prune_mode='remove'`` after pruning), or None
+    kept = None
+    #: multiply the prompts by the token mask / by the expanded segment mask
+    mask_tokens = False
+    mask_segments = False
+    #: with stacked tasks: layers in which some task pruned a token
+    pruned_layers = frozenset()
 
 
 @MODELS.register_module()
@@ -37,7 +48,15 @@ class E2VPT(PromptMethod):
             segment r holds dims r, r + R, r + 2R, ...).
         prune_mode: ``'remove'`` (pruned tokens leave the sequence, so FLOPs fall) or
             ``'mask'`` (official: pruned tokens are zeroed but still attend).
+
+    What the forward needs to know of the masks (kept indices, whether anything is pruned)
+    is read from them outside the forward, so the forward never reads a tensor's value
+    into Python (no GPU sync, no ``torch.compile`` graph break): again after every load,
+    device move and pruning step, and, in eager mode, whenever a mask was changed in place.
+    A compiled model sees in-place mask edits after :meth:`masks_changed`.
     """
+    context_class = E2VPTContext
+    per_layer = ('prompts', 'kv_prompts', 'v_prompts')
 
     def __init__(self, num_tokens=10, num_kv_tokens=5, share_kv=True, kv_location='before',
                  dropout=0.1, dropout_mode='sample', num_segments=8,
@@ -81,7 +100,8 @@ class E2VPT(PromptMethod):
             if not share_kv:
                 self.v_prompts = self.stage_parameter(kv_shape, _no_init)
         self.reset_parameters()
-        self._mask_cache = self._pruned_cache = (None, None)
+        self._pruned_layers = frozenset()  # stacked tasks (stack_tasks)
+        self.masks_changed()
 
     def reset_parameters(self):
         """Fresh random prompts (VPT's uniform for visual, He uniform with
@@ -118,25 +138,36 @@ class E2VPT(PromptMethod):
             return segment_mask.repeat_interleave(repeats, dim=-1)
         return segment_mask.repeat(*([1] * (segment_mask.dim() - 1)), repeats)
 
-    def _mask_state(self):
-        """(kept token indices per block or None, any token pruned, any segment pruned),
-        cached until a mask changes, so the forward does not sync on the masks every step."""
-        key = tuple((id(m), m._version, m.device) for m in (self.token_mask, self.segment_mask))
-        if self._mask_cache[0] != key:
-            tokens = self.token_mask.detach().bool()
+    def masks_changed(self):
+        """Reads the masks into the forward's Python-side state: the kept token indices
+        per block (on the masks' device) and whether any token or segment is pruned."""
+        if self.token_mask.is_meta:  # built without storage (parameter counting): nothing to read
+            self._mask_state, self._mask_key = (None, False, False), None
+            return
+        with torch.no_grad():
+            tokens = self.token_mask.bool()
             tokens_pruned = not bool(tokens.all())
             kept = [row.nonzero().flatten() for row in tokens] if tokens_pruned else None
-            self._mask_cache = (key, (kept, tokens_pruned, not bool(self.segment_mask.all())))
-        return self._mask_cache[1]
+            segments_pruned = not bool(self.segment_mask.all())
+        self._mask_state = (kept, tokens_pruned, segments_pruned)
+        self._mask_key = self._masks_version()
 
-    def _pruned_layers(self):
-        """Layers in which some stacked task pruned a prompt token, cached until the masks
-        change (no sync on them every forward)."""
-        key = (id(self.token_mask), self.token_mask._version)
-        if self._pruned_cache[0] != key:
-            pruned = (self.token_mask == 0).any(dim=-1).any(dim=0)  # (T, L, P) -> (L,)
-            self._pruned_cache = (key, set(pruned.nonzero().flatten().tolist()))
-        return self._pruned_cache[1]
+    def _masks_version(self):
+        return tuple((id(m), m._version, m.device) for m in (self.token_mask, self.segment_mask))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)  # every loader's route
+        self.masks_changed()
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.masks_changed()  # the kept indices follow the masks' device
+        return self
+
+    def stack_tasks(self, states):
+        super().stack_tasks(states)
+        pruned = (self.token_mask == 0).any(dim=-1).any(dim=0)  # (T, L, P) -> (L,)
+        self._pruned_layers = frozenset(pruned.nonzero().flatten().tolist())
 
     def start(self, batch_size, tasks=None):
         ctx = super().start(batch_size, tasks)
@@ -145,28 +176,37 @@ class E2VPT(PromptMethod):
         if tasks is not None:
             # Tasks pruned differently: every prompt is kept in the stack; 'remove' hides a
             # task's pruned ones from attention (prompt_mask), 'mask' zeroes them.
-            ctx.kept = None
             ctx.mask_tokens = self.prune_mode == 'mask'
             ctx.mask_segments = True
-            ctx.pruned_layers = self._pruned_layers()
-            return ctx
-        kept, tokens_pruned, segments_pruned = self._mask_state()
-        scoring_tokens = self.token_mask.requires_grad
-        ctx.kept = kept if self.prune_mode == 'remove' and not scoring_tokens else None
-        ctx.mask_tokens = ctx.kept is None and (scoring_tokens or tokens_pruned)
-        ctx.mask_segments = self.segment_mask.requires_grad or segments_pruned
+            ctx.pruned_layers = self._pruned_layers
+            ctx.layers['token_mask'] = self.layers(self.token_mask)
+        else:
+            if not torch.compiler.is_compiling() and self._mask_key != self._masks_version():
+                self.masks_changed()  # changed in place since
+            kept, tokens_pruned, segments_pruned = self._mask_state
+            scoring_tokens = self.token_mask.requires_grad
+            ctx.kept = kept if self.prune_mode == 'remove' and not scoring_tokens else None
+            ctx.mask_tokens = ctx.kept is None and (scoring_tokens or tokens_pruned)
+            ctx.mask_segments = self.segment_mask.requires_grad or segments_pruned
+            if ctx.mask_tokens:
+                ctx.layers['token_mask'] = self.layers(self.token_mask)
+        if ctx.mask_segments:
+            ctx.layers['segment_mask'] = self.layers(self.segment_mask)
         return ctx
 
     # -- extension points ---------------------------------------------------------------
     def tokens(self, ctx, layer):
         if self.prompts is None:
             return None
-        prompts, segments = self.at(self.prompts, layer), self.at(self.segment_mask, layer)
+        prompts = ctx.at('prompts', layer)
         if ctx.kept is not None:
-            prompts, segments = prompts[ctx.kept[layer]], segments[ctx.kept[layer]]
+            prompts = prompts[ctx.kept[layer]]
         elif ctx.mask_tokens:
-            prompts = prompts * self.at(self.token_mask, layer).unsqueeze(-1)
+            prompts = prompts * ctx.at('token_mask', layer).unsqueeze(-1)
         if ctx.mask_segments:
+            segments = ctx.at('segment_mask', layer)
+            if ctx.kept is not None:
+                segments = segments[ctx.kept[layer]]
             prompts = prompts * self.expand_segments(segments, layer)
         return self.drop(ctx, prompts)
 
@@ -174,13 +214,13 @@ class E2VPT(PromptMethod):
         if (ctx.tasks is None or self.prompts is None or self.prune_mode != 'remove'
                 or layer not in ctx.pruned_layers):
             return None
-        return self.at(self.token_mask, layer).bool()
+        return ctx.at('token_mask', layer).bool()
 
     def kv(self, ctx, layer):
         if self.kv_prompts is None:
             return None
-        keys = self.at(self.kv_prompts, layer)
-        values = keys if self.v_prompts is None else self.at(self.v_prompts, layer)
+        keys = ctx.at('kv_prompts', layer)
+        values = keys if self.v_prompts is None else ctx.at('v_prompts', layer)
         return keys, values
 
     def extra_repr(self):

@@ -15,6 +15,8 @@ DA_INITS = ('identity', 'zeros')
 AR_INITS = ('vpt', 'zeros')
 
 
+
+
 @MODELS.register_module()
 class IVPT(PromptMethod):
     """iVPT.
@@ -41,6 +43,7 @@ class IVPT(PromptMethod):
         dropout: dropout on the prompts entering each block (VPT-deep's 0.1).
         dropout_mode: ``'sample'`` or ``'batch'``.
     """
+    per_layer = ('ar_prompts', )
 
     def __init__(self, num_tokens=10, num_ar_tokens=10, dynamic_aggregation=True,
                  da_init='identity', ar_init='vpt', dropout=0.1, dropout_mode='sample',
@@ -80,7 +83,7 @@ class IVPT(PromptMethod):
         # The mixing is the same for every sample: once per forward (and task), all blocks
         # at once. Layers are axis -3 of the prompts (L, N, D) and of Γ (L - 1, N, N), with
         # or without a leading task axis.
-        ctx.prompts = []
+        mixed = []
         first_connection = 0
         for prompts in self.stage_tensors(self.prompts):
             previous = prompts[..., :-1, :, :]
@@ -89,12 +92,13 @@ class IVPT(PromptMethod):
                 gamma = self.aggregation[..., first_connection:first_connection + count, :, :]
                 previous = torch.matmul(gamma, previous)
                 first_connection += count
-            ctx.prompts.append(torch.cat([prompts[..., :1, :, :], prompts[..., 1:, :, :] + previous],
-                                         dim=-3))
+            # the stage's first block takes its own prompts; block l P^l + Γ^{l-1} P^{l-1}
+            mixed += [prompts.select(-3, 0)] + list((prompts[..., 1:, :, :] + previous).unbind(-3))
+        ctx.layers['prompts'] = mixed
         return ctx
 
     def tokens(self, ctx, layer):
-        return self.drop(ctx, self.at(ctx.prompts, layer))
+        return self.drop(ctx, ctx.at('prompts', layer))
 
     def wants_cls_attention(self, layer):
         return self.ar_prompts is not None and layer < self.num_layers - 1
@@ -105,9 +109,10 @@ class IVPT(PromptMethod):
         k = self.num_ar_tokens
         top = cls_attention.topk(k, dim=-1).indices  # (B, k), descending
         report_probe('reinforced', method=self, layer=layer, indices=top)
-        vectors = self.for_samples(ctx, self.at(self.ar_prompts, layer))  # (k, D) or (B, k, D)
-        image = x[:, image_start:].scatter_add(1, top.unsqueeze(-1).expand(B, k, D), vectors.expand(B, k, D))
-        return torch.cat([x[:, :image_start], image], dim=1)
+        vectors = self.for_samples(ctx, ctx.at('ar_prompts', layer))  # (k, D) or (B, k, D)
+        # one out-of-place scatter into the whole sequence: a single copy of x
+        index = (top + image_start).unsqueeze(-1).expand(B, k, D)
+        return x.scatter_add(1, index, vectors.to(x.dtype).expand(B, k, D))
 
     def extra_repr(self):
         return (f'num_tokens={self.num_tokens}, num_ar_tokens={self.num_ar_tokens}, '

@@ -24,6 +24,7 @@ class VPT(PromptMethod):
         proj_dim: if set, prompts live in this width and a linear layer maps them to D
             (VPT's optional projection; off by default).
     """
+    per_layer = ('prompts', )
 
     def __init__(self, num_tokens=10, deep=True, dropout=None, dropout_mode='sample',
                  proj_dim=None, **backbone):
@@ -58,7 +59,7 @@ class VPT(PromptMethod):
     def tokens(self, ctx, layer):
         if layer > 0 and not self.deep:
             return None
-        prompts = self.at(self.prompts, layer)
+        prompts = ctx.at('prompts', layer)
         if self.proj is not None:
             prompts = self.proj(prompts)
         return self.drop(ctx, prompts)
