@@ -30,7 +30,7 @@ def prune(method):
 
 def build(backbone, method, with_cp=False, dropout=None):
     cls, kwargs = BACKBONES[backbone]
-    prompt = None if method == 'full' else prompt_config(backbone, method)
+    prompt = prompt_config(backbone, method, METHODS)
     if prompt is not None and dropout is not None:
         prompt = {**prompt, 'dropout': dropout}
     torch.manual_seed(0)

@@ -24,9 +24,9 @@ METHODS = {
 }
 
 
-def prompt_config(backbone, method):
-    """``METHODS[method]`` as it runs on ``backbone`` (Swin: iVPT without AR)."""
-    prompt = METHODS[method]
-    if method == 'ivpt' and backbone == 'swin':
+def prompt_config(backbone, method, methods=METHODS):
+    """``methods[method]`` as it runs on ``backbone`` (Swin: iVPT without AR)."""
+    prompt = methods[method]
+    if prompt is not None and prompt['type'] == 'mmvpt.IVPT' and backbone == 'swin':
         prompt = {**prompt, 'num_ar_tokens': 0}
     return prompt
