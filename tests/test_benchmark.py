@@ -198,6 +198,9 @@ def test_profile_step(capsys):
     assert 0 < none['num_outer_ops'] < none['num_ops']
     assert vpt['num_ops'] >= none['num_ops'] and vpt['num_outer_ops'] >= none['num_outer_ops']
     assert none['num_kernels'] == vpt['num_kernels'] == 0  # no CUDA here
+    # the kernel each attention got: one forward and one backward per block (2), on CPU
+    cpu_attention = 'aten::_scaled_dot_product_flash_attention_for_cpu'
+    assert none['attention'] == vpt['attention'] == {cpu_attention: 2, cpu_attention + '_backward': 2}
     assert vpt['sort'] == 'self_cpu_us' and 0 < len(vpt['top']) <= 15
     self_cpu = [cpu for _, _, cpu, _ in vpt['top']]
     assert self_cpu == sorted(self_cpu, reverse=True) and self_cpu[0] > 0
@@ -207,6 +210,7 @@ def test_profile_step(capsys):
     assert 'profile of one train step: VPT-deep P=4, vit_base_patch16_224, 32 px, batch 2' in out
     assert f'{vpt["num_ops"]:,} aten op calls ({vpt["num_outer_ops"]:,} outermost)' in out
     assert '| event | calls | self CPU ms | self CUDA ms |' in out
+    assert f'attention kernels: {cpu_attention} x2, {cpu_attention}_backward x2' in out
     assert out.count(f'| {vpt["top"][0][0]} | {vpt["top"][0][1]} |') == 1
 
 

@@ -127,12 +127,13 @@ def data(tmp_path_factory):
     return dict(vtab=str(root / 'vtab'), fgvc=str(root / 'fgvc'))
 
 
-@pytest.mark.parametrize('arch,benchmark,task', [
+# 'suite', not 'benchmark': pytest-benchmark (common in ML environments) owns that fixture name
+@pytest.mark.parametrize('arch,suite,task', [
     ('vit-b16', 'vtab', 'cifar'), ('vit-b16', 'fgvc', 'cub'), ('swin-b', 'vtab', 'cifar')])
 @pytest.mark.parametrize('method', METHODS)
-def test_one_iteration_and_evaluation(method, arch, benchmark, task, data, tmp_path):
-    cfg = tiny(prepare_config(osp.join(ROOT, f'configs/{method}/{arch}_{benchmark}-{task}.py'),
-                              work_dir=str(tmp_path)), data[benchmark])
+def test_one_iteration_and_evaluation(method, arch, suite, task, data, tmp_path):
+    cfg = tiny(prepare_config(osp.join(ROOT, f'configs/{method}/{arch}_{suite}-{task}.py'),
+                              work_dir=str(tmp_path)), data[suite])
     cfg.train_cfg.update(max_epochs=1, val_interval=1)
     for hook in cfg.custom_hooks:
         if hook.type == 'mmvpt.PromptPruningHook':  # prune after the first epoch

@@ -59,8 +59,9 @@ shows, and is never in the step time. Dynamo's cache is reset before each row's 
 ``--profile METHOD:P`` (repeatable; P=0 for none, linear and full) runs torch.profiler over
 one train step of that row after the warm-up and prints the aten op calls per step (all,
 and the outermost ones: not inside another aten op, i.e. what Python and autograd dispatch),
-the CUDA kernels per step on GPU (device events: kernels, memcpy, memset), and the top 15
-events by self time (self CUDA time on GPU, self CPU time on CPU) with calls, self CPU and
+the CUDA kernels per step on GPU (device events: kernels, memcpy, memset), the kernel each
+attention call got (flash, memory-efficient, cuDNN or math on GPU), and the top 15 events
+by self time (self CUDA time on GPU, self CPU time on CPU) with calls, self CPU and
 self CUDA milliseconds. ``profile_step`` returns the same as data.
 
 Serving several tasks on one backbone (``--multitask N [N ...]``, eval mode, no grad): per
@@ -83,6 +84,7 @@ P = 0 have no per-task prompts and are skipped; ``--amp``, ``--compile`` and ``-
 do not apply there.
 """
 import argparse
+import collections
 import copy
 import inspect
 import json
@@ -465,13 +467,19 @@ def _outermost(event):
     return True
 
 
+# the ops scaled_dot_product_attention dispatches to, one per backend (and their backward)
+ATTENTION_KERNELS = ('aten::_scaled_dot_product', 'aten::_flash_attention', 'aten::_efficient_attention',
+                     'aten::_cudnn_attention')
+
+
 def profile_step(arch, img_size, batch, method, p, args, top=PROFILE_TOP):
     """torch.profiler over one train step of ``method`` at P=``p`` (after ``args.warmup``
     steps, compiled with --compile, under --amp): dict(method, P, num_ops (aten op calls,
     nested ones included), num_outer_ops (those not inside another aten op), num_kernels
-    (CUDA device events; 0 on CPU), sort ('self_cuda_us' on GPU, else 'self_cpu_us'), top:
-    the ``top`` host-side events by that self time, descending, as tuples (name, calls,
-    self_cpu_us, self_cuda_us))."""
+    (CUDA device events; 0 on CPU), attention ({attention kernel op: calls}: the backend
+    each scaled_dot_product_attention got), sort ('self_cuda_us' on GPU, else
+    'self_cpu_us'), top: the ``top`` host-side events by that self time, descending, as
+    tuples (name, calls, self_cpu_us, self_cuda_us))."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     torch.manual_seed(0)
@@ -495,8 +503,11 @@ def profile_step(arch, img_size, batch, method, p, args, top=PROFILE_TOP):
     rows = [(e.key, e.count, e.self_cpu_time_total, _self_cuda_us(e))
             for e in prof.key_averages() if e.device_type == DeviceType.CPU]
     rows.sort(key=lambda r: r[3] if cuda else r[2], reverse=True)
+    # which attention kernel each SDPA call got (flash, memory-efficient, cuDNN, math, CPU)
+    attention = collections.Counter(e.name for e in ops if e.name.startswith(ATTENTION_KERNELS))
     return dict(method=method, P=p, num_ops=len(ops), num_outer_ops=sum(map(_outermost, ops)),
                 num_kernels=sum(e.device_type == DeviceType.CUDA for e in events),
+                attention=dict(sorted(attention.items())),
                 sort=sort, top=rows[:top])
 
 
@@ -510,6 +521,8 @@ def print_profile(arch, img_size, batch, profile, args):
     kernels = f', {profile["num_kernels"]:,} CUDA kernels' if args.device == 'cuda' else ''
     print(f'{profile["num_ops"]:,} aten op calls ({profile["num_outer_ops"]:,} outermost){kernels}; '
           f'top {len(profile["top"])} by {SORT_NAMES[profile["sort"]]} time:')
+    if profile['attention']:
+        print('attention kernels: ' + ', '.join(f'{name} x{count}' for name, count in profile['attention'].items()))
     print('| event | calls | self CPU ms | self CUDA ms |')
     print('|---|---:|---:|---:|')
     for event, calls, cpu_us, cuda_us in profile['top']:

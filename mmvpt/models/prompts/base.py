@@ -16,7 +16,8 @@ point              asked                                       used by
 =================  ==========================================  ==============================
 
 ``start`` runs once per forward and returns what is the same for every block call of that
-forward (mixed prompts, for instance), so it is computed once, not per block or sample.
+forward (a :class:`ForwardContext`: mixed prompts, for instance, and every per-layer tensor
+sliced into its layers), so it is computed once, not per block or sample.
 
 Several tasks on one backbone (``mmvpt.apis.MultiTaskModel``): the method's tuned tensors
 are stacked with a leading task axis (:meth:`PromptMethod.stack_tasks`) and the forward gets

@@ -41,6 +41,7 @@ class CVPT(PromptMethod):
             the pretrained weights load (``bind_backbone``).
     """
     per_layer = ('prompts', )
+
     def __init__(self, num_tokens=10, insert=3, dropout=0.1, dropout_mode='sample',
                  init='xavier', ca_init='shared', ca_trainable=False, **backbone):
         super().__init__(**backbone)

@@ -15,8 +15,6 @@ DA_INITS = ('identity', 'zeros')
 AR_INITS = ('vpt', 'zeros')
 
 
-
-
 @MODELS.register_module()
 class IVPT(PromptMethod):
     """iVPT.

@@ -343,6 +343,8 @@ def _prompted_window_attention(attn, windows, mask, batch_size, extra_kv, kv_fir
             B, P, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0))
         q, k, v = (torch.cat([p, t], dim=2) for p, t in ((pq, q), (pk, k), (pv, v)))
     if extra_kv is not None:
+        if prompts is None:  # see self_attention: a query of its own frees the qkv output
+            q = q.contiguous()
         ek, ev = (per_window(t) for t in extra_kv)
         E = ek.shape[2]
         k = torch.cat([ek, k] if kv_first else [k, ek], dim=2)
