@@ -704,7 +704,7 @@ def _profile_spec(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--arch', nargs='+', type=_listed(str), default=[['vit_base_patch16_224']],
                         help='timm ViT or Swin names (Swin: swin_*)')
     parser.add_argument('--img-size', nargs='+', type=_listed(int), default=None,
