@@ -8,6 +8,7 @@ import os.path as osp
 import pytest
 import torch
 import torch._dynamo
+import torch._dynamo.testing
 
 from mmvpt.utils import load_local_checkpoint
 
@@ -199,8 +200,8 @@ def test_mmengine_compile_trains_prunes_and_resumes_like_eager(tiny_vtab, tmp_pa
 
 
 def test_train_tool_compile_flag(tiny_vtab, tmp_path):
-    """``tools/train.py --compile BACKEND`` hands MMEngine its compile option; the tuned-only
-    checkpoint it writes loads through tools/test.py."""
+    """``tools/train.py --compile BACKEND`` hands MMEngine its compile option (here on the
+    demo's full fine-tuning); the checkpoint it writes loads through tools/test.py."""
     work = str(tmp_path / 'work')
     proc = run_tool('train.py', DEMO_CONFIG, '--work-dir', work, '--compile', 'aot_eager',
                     '--cfg-options', *data_options(tiny_vtab), 'train_cfg.max_epochs=1')
