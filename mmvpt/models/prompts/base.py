@@ -81,6 +81,8 @@ class PromptMethod(nn.Module):
     #: the outputs of block l's prompt tokens enter block l + 1 (VPT-shallow). Otherwise
     #: each block's prompts replace the previous ones, so their outputs are never used.
     carries_prompts = False
+    #: the name tables and reports print (:func:`display_name`)
+    display_name = None
     #: the per-forward context :meth:`start` returns
     context_class = ForwardContext
     #: names of the method's per-layer tensors that :meth:`start` slices into layers for
@@ -243,6 +245,23 @@ class PromptMethod(nn.Module):
 
     def extra_repr(self):
         return f'num_layers={self.num_layers}, embed_dim={self.embed_dim}'
+
+
+def display_name(prompt, frozen=True):
+    """The name tables and reports give a model's tuning: its method's ``display_name`` (a
+    built method, a ``dict(type=...)`` config or a class name), else linear probing
+    (``frozen``) or full fine-tuning for no method."""
+    if prompt is None:
+        return 'Linear probing' if frozen else 'Full fine-tuning'
+    if isinstance(prompt, PromptMethod):
+        return prompt.display_name or type(prompt).__name__
+    options = dict(prompt) if isinstance(prompt, dict) else dict(type=prompt)
+    name = str(options.pop('type')).split('.')[-1]
+    from mmvpt.registry import MODELS  # the methods register on import of mmvpt.models
+    method = MODELS.get(name)
+    if method is None:
+        return name
+    return method.name_for(**options) if hasattr(method, 'name_for') else (method.display_name or name)
 
 
 def _per_layer(name, value, num_layers):

@@ -40,6 +40,7 @@ class CVPT(PromptMethod):
             Otherwise each block gets its own copy, filled from the self-attention after
             the pretrained weights load (``bind_backbone``).
     """
+    display_name = 'CVPT'
     per_layer = ('prompts', )
 
     def __init__(self, num_tokens=10, insert=3, dropout=0.1, dropout_mode='sample',

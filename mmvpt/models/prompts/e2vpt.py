@@ -56,6 +56,7 @@ class E2VPT(PromptMethod):
     A compiled model sees in-place mask edits after :meth:`masks_changed`.
     """
     context_class = E2VPTContext
+    display_name = 'E2VPT'
     per_layer = ('prompts', 'kv_prompts', 'v_prompts')
 
     def __init__(self, num_tokens=10, num_kv_tokens=5, share_kv=True, kv_location='before',

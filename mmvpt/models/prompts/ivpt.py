@@ -41,6 +41,7 @@ class IVPT(PromptMethod):
         dropout: dropout on the prompts entering each block (VPT-deep's 0.1).
         dropout_mode: ``'sample'`` or ``'batch'``.
     """
+    display_name = 'iVPT'
     per_layer = ('ar_prompts', )
 
     def __init__(self, num_tokens=10, num_ar_tokens=10, dynamic_aggregation=True,

@@ -26,6 +26,14 @@ class VPT(PromptMethod):
     """
     per_layer = ('prompts', )
 
+    @staticmethod
+    def name_for(deep=True, **_):
+        return 'VPT-deep' if deep else 'VPT-shallow'
+
+    @property
+    def display_name(self):
+        return self.name_for(self.deep)
+
     def __init__(self, num_tokens=10, deep=True, dropout=None, dropout_mode='sample',
                  proj_dim=None, **backbone):
         super().__init__(**backbone)
