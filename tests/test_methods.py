@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mmvpt.models import PromptedViT
+from mmvpt.models.utils import probe_attention
 
 from . import vit_reference as ref
 from .prompt_dropout import (PROMPT_DROPOUT, dropped, masks_per_draw, record_prompt_dropout,
@@ -43,7 +44,7 @@ def check(model, expected, images):
 
 
 # -- reference forwards ---------------------------------------------------------------------
-def tokens_reference(model, images, prompts, kv=None, kv_first=True, ar_prompts=None):
+def tokens_reference(model, images, prompts, kv=None, ar_prompts=None):
     """Prompt tokens after CLS: block i gets ``prompts(i)`` ((P, D), or (B, P, D) per sample),
     replacing the previous block's prompt outputs, or keeps them when it is None. ``kv(i)``:
     E²VPT key-value prompts; ``ar_prompts`` (L - 1, k, D): iVPT's attentive reinforcement."""
@@ -55,7 +56,7 @@ def tokens_reference(model, images, prompts, kv=None, kv_first=True, ar_prompts=
         if p is not None:
             x = torch.cat([x[:, :1], p.expand(B, -1, -1), x[:, 1 + num_prompts:]], 1)
             num_prompts = p.shape[-2]
-        x, a = ref.block(blk, x, kv=None if kv is None else kv(i), kv_first=kv_first)
+        x, a = ref.block(blk, x, kv=None if kv is None else kv(i))
         if ar_prompts is not None and i < L - 1:
             k = ar_prompts.shape[1]
             cls_to_image = a[:, :, 0, 1 + num_prompts:].mean(1)  # (B, image tokens)
@@ -109,10 +110,26 @@ def test_e2vpt_visual_and_kv_prompts(images, share_kv, kv_location):
                        kv_location=kv_location))
     m = model.prompt
     assert m.kv_prompts.shape == (L, H, 3, D // H)
-    expected = tokens_reference(
-        model, images, lambda i: m.prompts[i], kv_first=kv_location == 'before',
-        kv=lambda i: (m.kv_prompts[i], m.kv_prompts[i] if share_kv else m.v_prompts[i]))
+
+    def kv(i):
+        return m.kv_prompts[i], m.kv_prompts[i] if share_kv else m.v_prompts[i]
+    expected = tokens_reference(model, images, lambda i: m.prompts[i], kv=kv)
     check(model, expected, images)
+    # On ViT the key order cannot change the output; it decides where the key-value prompts
+    # sit among the keys that the attention analysis and the key masks read.
+    records = []
+    with torch.no_grad(), probe_attention(lambda kind, record: records.append(record)):
+        model(images)
+    first = records[0]  # block 0: keys [before, CLS and image tokens, after]
+    before = 3 + 4 if kv_location == 'before' else 4  # the block's prompts: keys only, before
+    assert (first['num_before'], first['num_after']) == (before, 3 * (kv_location == 'after'))
+    kv_keys = slice(0, 3) if kv_location == 'before' else slice(-3, None)
+    # the CLS row over the key-value prompts equals the reference's (keys [KV, tokens])
+    x = ref.embed(model.vit, images)
+    x = torch.cat([x[:, :1], m.prompts[0].expand(2, -1, -1), x[:, 1:]], 1)
+    blk = model.vit.blocks[0]
+    _, a = ref.attention(blk.attn, blk.norm1(x), kv(0))
+    torch.testing.assert_close(first['probs'][:, :, 0, kv_keys], a[:, :, 0, :3], rtol=0, atol=1e-5)
 
 
 def test_e2vpt_kv_location_is_equivalent_for_vit(images):

@@ -178,11 +178,22 @@ def test_window_attention_equals_global_restatement():
     assert block.shift_size == (2, 2)
     x = torch.randn(2, 8, 8, 16)
     keys, values = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    seq, grid = x.reshape(2, 64, 16), (8, 8)
+
+    def attend(*args, **kwargs):
+        return window_attention(block, seq, grid, *args, **kwargs).reshape(2, 8, 8, 16)
     with torch.no_grad():
-        assert torch.allclose(window_attention(block, x)[0], window_attention_reference(block, x), atol=1e-5)
-        for kv_first in (True, False):
-            out, _ = window_attention(block, x, (keys, values), kv_first)
-            assert torch.allclose(out, window_attention_reference(block, x, keys, values), atol=1e-5)
+        plain = window_attention_reference(block, x)
+        assert torch.allclose(attend(), plain, atol=1e-5)
+        prompted = window_attention_reference(block, x, keys, values)
+        assert not torch.allclose(prompted, plain, atol=1e-3)
+        for before, after in (((keys, values), None), (None, (keys, values))):
+            assert torch.allclose(attend(before, after), prompted, atol=1e-5)
+        # a key mask over [before, window, after] that hides the extra keys hides them all
+        hidden = torch.ones(2, 3 + block.window_area, dtype=torch.bool)
+        hidden[:, :3] = False
+        assert torch.allclose(attend((keys, values), None, hidden), plain, atol=1e-5)
+        assert torch.allclose(attend(None, (keys, values), hidden.roll(-3, 1)), plain, atol=1e-5)
 
 
 @pytest.mark.parametrize('pool_prompts', [True, False])
@@ -306,8 +317,9 @@ def test_ivpt_connects_within_stages_only_and_switches_ar_off():
         m.aggregation[1].copy_(2 * torch.eye(3))
     ctx = m.start(2)
     stage1 = m.prompts[1]
-    assert torch.allclose(ctx.at('prompts', 3), stage1[1] + 2 * stage1[0])
-    assert torch.equal(ctx.at('prompts', 2), stage1[0])  # the stage's first block: no connection
+    # one task: a task axis of 1
+    assert torch.allclose(ctx.at('prompts', 3), (stage1[1] + 2 * stage1[0])[None])
+    assert torch.equal(ctx.at('prompts', 2), stage1[0][None])  # the stage's first block: no connection
 
 
 SWIN_METHODS = {

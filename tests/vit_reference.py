@@ -15,16 +15,16 @@ def merge(t):
     return t.transpose(1, 2).reshape(B, N, H * d)
 
 
-def attention(attn, x, kv=None, kv_first=True):
-    """Self-attention of ``x``; ``kv`` (keys, values) of shape (H, L, d) join in head space.
+def attention(attn, x, kv=None):
+    """Self-attention of ``x``; ``kv`` (keys, values) of shape (H, L, d) join in head space,
+    before the tokens' keys.
     Returns the output and the (B, H, N, keys) attention matrix."""
     H, C = attn.num_heads, x.shape[-1]
     q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(C, dim=-1)
     q, k, v = heads(q, H), heads(k, H), heads(v, H)
     if kv is not None:
         pk, pv = (t.unsqueeze(0).expand(x.shape[0], -1, -1, -1) for t in kv)
-        k = torch.cat([pk, k] if kv_first else [k, pk], dim=2)
-        v = torch.cat([pv, v] if kv_first else [v, pv], dim=2)
+        k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
     a = (q @ k.transpose(-1, -2) / math.sqrt(C // H)).softmax(-1)
     return merge(a @ v) @ attn.proj.weight.T + attn.proj.bias, a
 
@@ -43,11 +43,11 @@ def cross_attention(attn, x, prompts):
     return merge(a @ v) @ attn.proj.weight.T + attn.proj.bias
 
 
-def block(blk, x, kv=None, kv_first=True, ca=None, insert=None):
+def block(blk, x, kv=None, ca=None, insert=None):
     """A pre-norm block; ``ca(x)`` joins at CVPT position ``insert``. Returns (x, attention)."""
     if insert == 1:
         x = x + ca(x)
-    sa, a = attention(blk.attn, blk.norm1(x), kv, kv_first)
+    sa, a = attention(blk.attn, blk.norm1(x), kv)
     x = x + sa + (ca(x) if insert == 2 else 0)
     if insert == 3:
         x = x + ca(x)
@@ -70,33 +70,37 @@ def full_sequence_forward(backbone, img):
     (queries, attention rows, output projection, MLP), their outputs replaced by the next
     block's prompts. It runs the backbone's own blocks and extension points in the same
     order, so it draws the same dropout and drop-path masks as the model."""
-    from mmvpt.models.utils.attention import self_attention
-    from mmvpt.models.utils.block import residual_block
+    from mmvpt.models.utils.attention import num_keys, self_attention
     x, grid = backbone.embed(img)
     method, vit = backbone.prompt, backbone.vit
     B, num_prefix = x.shape[0], vit.num_prefix_tokens
     ctx = method.start(B)
     P = 0
     for index, blk in enumerate(vit.blocks):
+        before, after = (ctx.per_sample(kv) for kv in method.kv(ctx, index))
         tokens = method.tokens(ctx, index)
+        if tokens is None:
+            tokens = method.sequence_tokens(ctx, index)
         if tokens is not None:
-            x = torch.cat([x[:, :num_prefix], tokens.expand(B, -1, -1), x[:, num_prefix + P:]], 1)
+            assert method.prompt_mask(ctx, index) is None  # one task: pruned tokens are removed
+            tokens = ctx.per_sample(tokens).expand(B, -1, -1)
+            x = torch.cat([x[:, :num_prefix], tokens, x[:, num_prefix + P:]], 1)
             P = tokens.shape[1]
-        kv = method.kv(ctx, index)
-        before, after = (kv, None) if method.kv_first else (None, kv)
-        rows = []
 
-        def attention(h):
-            sa, row = self_attention(blk.attn, blk.norm1(h), before, after,
-                                     method.wants_cls_attention(index))
-            rows.append(row)
-            return blk.drop_path1(blk.ls1(sa))
-        x = residual_block(x, attention, blk.norm2, lambda h: blk.drop_path2(blk.ls2(blk.mlp(h))),
-                           lambda h: method.cross_attend(ctx, index, h, blk.attn), method.insert)
-        if rows[0] is not None:
+        def cross_attend(position, h):
+            term = method.cross_attend(ctx, index, position, h, blk.attn)
+            return 0 if term is None else term
+        x = x + cross_attend(1, x)
+        sa, row = self_attention(blk.attn, blk.norm1(x), before, after, None,
+                                 method.wants_cls_attention(index))
+        x = x + blk.drop_path1(blk.ls1(sa)) + cross_attend(2, x)
+        x = x + cross_attend(3, x)
+        x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x) + cross_attend(4, x))))
+        x = x + cross_attend(5, x)
+        if row is not None:
             image_start = num_prefix + P
-            key_start = image_start + (0 if before is None else before[0].shape[-2])
-            x = method.after_block(ctx, index, x, rows[0][:, key_start:key_start + x.shape[1] - image_start],
+            key_start = image_start + num_keys(before)
+            x = method.after_block(ctx, index, x, row[:, key_start:key_start + x.shape[1] - image_start],
                                    image_start)
     x = vit.norm(x)
     return (x[:, 0], )

@@ -1,12 +1,18 @@
 """What the prompted backbones share: a frozen timm model built by name, a prompt method
-plugged in, pretrained weights through ``init_cfg``, and tuned-only checkpoints loading on
-top of them by any route."""
+plugged in through one block routine, pretrained weights through ``init_cfg``, and
+tuned-only checkpoints loading on top of them by any route."""
 import timm
+import torch
+import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
+from ..utils.attention import join_kv, num_keys, project_kv
 from ..utils.tuned_state import check_checkpoint_fit
+
+_IDENTITY = nn.Identity()
 
 
 class PromptedBackbone(BaseModule):
@@ -14,9 +20,18 @@ class PromptedBackbone(BaseModule):
 
     A subclass names its timm class (``timm_class``), keeps the timm model under its own
     attribute (the checkpoint key prefix) and exposes it as ``timm_model``, its blocks in
-    order as ``blocks``, and loads a checkpoint file in ``load_pretrained``.
+    order as ``blocks``, and loads a checkpoint file in ``load_pretrained``. Its forward
+    lays the tokens out as one (B, S, C) sequence, [prefix tokens, carried prompts, the
+    image tokens of an (H, W) grid], and runs block l by :meth:`run_block`; it supplies
+    only how its blocks attend (:meth:`attend`), how a block runs without a method
+    (:meth:`plain_block`) and how many sequence keys a query sees (:meth:`sequence_keys`).
     """
     timm_class = None
+    #: tokens before the prompts in the block sequence (CLS, registers)
+    num_prefix_tokens = 0
+    #: the block whose own prompts' outputs are used (pooled), or None: its prompts join
+    #: the sequence instead of entering as keys and values only
+    prompt_outputs_layer = None
 
     def __init__(self, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
@@ -57,6 +72,100 @@ class PromptedBackbone(BaseModule):
         if frozen:
             self.timm_model.requires_grad_(False)
         self.prompt = None if prompt is None else MODELS.build(prompt, default_args=method_args)
+
+    # -- the prompted block ----------------------------------------------------------
+    def start(self, batch_size, tasks=None):
+        """The method's per-forward context, or None without a method."""
+        return None if self.prompt is None else self.prompt.start(batch_size, tasks)
+
+    def run_block(self, layer, x, ctx, grid):
+        """Block ``layer`` (:meth:`forward_block`), with gradient checkpointing if
+        ``with_cp``: the block, with its method's extension points, keeps only its input
+        and is recomputed in backward, the RNG state replayed (same dropout masks)."""
+        if self.with_cp and torch.is_grad_enabled():
+            return checkpoint(self.forward_block, layer, x, ctx, grid, use_reentrant=False)
+        return self.forward_block(layer, x, ctx, grid)
+
+    def forward_block(self, layer, x, ctx, grid):
+        """Block ``layer`` on the (B, S, C) sequence [prefix, carried prompts, image tokens
+        of ``grid``], with the method's extension points:
+
+        - the block's prompt tokens (``tokens``) replace the previous block's. Their outputs
+          would never be used, so they enter as keys and values only (LN1 and the K/V rows
+          of the frozen qkv projection): no prompt query, attention row, output projection
+          or MLP is computed for them. Where their outputs are used
+          (``prompt_outputs_layer``) they join the sequence, as ``sequence_tokens`` do;
+        - extra keys and values (``kv``), before and after the sequence's keys;
+        - a cross-attention term (``cross_attend``) at position 1..5:
+
+          1. x += CA(x); x += SA(x); x += MLP(LN2 x)
+          2. x += SA(x) + CA(x); x += MLP(LN2 x)
+          3. x += SA(x); x += CA(x); x += MLP(LN2 x)
+          4. x += SA(x); x += MLP(LN2 x + CA(x))
+          5. x += SA(x); x += MLP(LN2 x); x += CA(x)
+
+          SA and MLP are the whole branches (norm, layer scale, drop-path); CA gets
+          neither norm nor drop-path;
+        - the CLS attention row over the image tokens (``after_block``).
+
+        The method answers per task; what it returns is gathered per sample here.
+        """
+        block, method = self.blocks[layer], self.prompt
+        if method is None:
+            return self.plain_block(block, x, grid)
+        B, num_image, prefix = x.shape[0], grid[0] * grid[1], self.num_prefix_tokens
+        num_carried = x.shape[1] - prefix - num_image
+        before, after = (ctx.per_sample(kv) for kv in method.kv(ctx, layer))
+        tokens, key_mask = method.tokens(ctx, layer), None
+        joining = method.sequence_tokens(ctx, layer)
+        if tokens is not None and layer == self.prompt_outputs_layer:
+            if method.prompt_mask(ctx, layer) is not None:
+                raise NotImplementedError(
+                    f'{type(method).__name__}: tasks with differently pruned prompts whose outputs '
+                    'are used (pooled) cannot share a batch')
+            tokens, joining = None, tokens
+        if joining is not None:  # replaces the carried prompts, if any
+            x = torch.cat([x[:, :prefix], ctx.per_sample(joining).expand(B, -1, -1),
+                           x[:, prefix + num_carried:]], dim=1)
+            num_carried = joining.shape[1]
+        if tokens is not None:  # keys and values per task, then gathered per sample
+            prompt_mask = ctx.per_sample(method.prompt_mask(ctx, layer))
+            if prompt_mask is not None:  # keys: [before, these prompts, sequence, after]
+                ones = prompt_mask.new_ones
+                key_mask = torch.cat([ones(B, num_keys(before)), prompt_mask,
+                                      ones(B, self.sequence_keys(block, x, num_carried) + num_keys(after))], 1)
+            before = join_kv(before, ctx.per_sample(project_kv(block.attn, block.norm1(tokens))))
+        wants_row = method.wants_cls_attention(layer)
+
+        def cross_attend(position, h):
+            return method.cross_attend(ctx, layer, position, h, block.attn)
+
+        x = _plus(x, cross_attend(1, x))
+        attended, row = self.attend(block, block.norm1(x), grid, num_carried, before, after, key_mask,
+                                    wants_row)
+        x = _plus(x + block.drop_path1(getattr(block, 'ls1', _IDENTITY)(attended)), cross_attend(2, x))
+        x = _plus(x, cross_attend(3, x))
+        h = _plus(block.norm2(x), cross_attend(4, x))
+        x = x + block.drop_path2(getattr(block, 'ls2', _IDENTITY)(block.mlp(h)))
+        x = _plus(x, cross_attend(5, x))
+        if wants_row:
+            image_start = prefix + num_carried
+            key_start = num_keys(before) + image_start
+            x = method.after_block(ctx, layer, x, row[:, key_start:key_start + num_image], image_start)
+        return x
+
+    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row):
+        """Block attention on the normalised sequence ``x`` with extra keys/values: (B, S, C)
+        outputs, and the CLS attention row over every key if ``cls_row``, else None."""
+        raise NotImplementedError
+
+    def plain_block(self, block, x, grid):
+        """The timm block on the sequence, without a method."""
+        raise NotImplementedError
+
+    def sequence_keys(self, block, x, num_carried):
+        """How many keys of the sequence ``x`` each query attends to."""
+        raise NotImplementedError
 
     def load_pretrained(self, path):
         raise NotImplementedError
@@ -135,3 +244,8 @@ class PromptedBackbone(BaseModule):
         copies start from the blocks' attention)."""
         if self.prompt is not None:
             self.prompt.bind_backbone(self.blocks)
+
+
+def _plus(x, term):
+    """``x + term``, or ``x`` where the method adds no term."""
+    return x if term is None else x + term

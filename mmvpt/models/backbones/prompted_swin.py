@@ -1,13 +1,9 @@
 """A timm SwinTransformer, frozen, run block by block with a prompt method plugged in."""
-from functools import partial
-
 import torch
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
-from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
-from ..utils.attention import join_kv, project_kv, window_attention
-from ..utils.block import residual_block
+from ..utils.attention import window_attention
 from ..utils.swin_checkpoint import load_swin_pretrained
 from .base import PromptedBackbone
 
@@ -96,6 +92,13 @@ class PromptedSwin(PromptedBackbone):
     def timm_model(self):
         return self.swin
 
+    @property
+    def prompt_outputs_layer(self):
+        """The last block before the pooling, when the pooled feature averages its prompts."""
+        if self.pool_prompts and self.out_type == 'avg_featmap':
+            return sum(len(s.blocks) for s in self.swin.layers[:self.out_indices[-1] + 1]) - 1
+        return None
+
     @staticmethod
     def _check_supported(arch, swin):
         odd = {type(b).__name__ for s in swin.layers for b in s.blocks
@@ -108,80 +111,43 @@ class PromptedSwin(PromptedBackbone):
         load_swin_pretrained(self.swin, path)
 
     # -- forward -------------------------------------------------------------------------
-    def forward_block(self, layer, x, carried=None, ctx=None, prompt_outputs=False):
-        """Block ``layer`` on (B, H, W, C) tokens; ``carried`` is VPT-shallow's (b, P, C)
-        prompt set or None. Returns both, updated. ``prompt_outputs``: compute the outputs
-        of this block's own prompts too (they are pooled), not only their keys/values."""
-        block, method = self.blocks[layer], self.prompt
-        tokens = method.tokens(ctx, layer)
-        attended = attended_mask = None
-        if tokens is not None and (method.carries_prompts or prompt_outputs):
-            if method.prompt_mask(ctx, layer) is not None:
-                raise NotImplementedError(
-                    f'{type(method).__name__}: tasks with differently pruned prompts whose outputs '
-                    'are used (pooled or carried) cannot share a batch')
-            carried = method.for_samples(ctx, tokens)
-        elif tokens is not None:
-            attended = tokens
-            attended_mask = method.for_samples(ctx, method.prompt_mask(ctx, layer))
-        kv = method.for_samples(ctx, method.kv(ctx, layer))
-        B, H, W, C = x.shape
-        extra_mask = None
-        if attended_mask is not None:  # extra keys: [KV prompts, prompts]
-            extra_mask = torch.cat([attended_mask.new_ones(B, 0 if kv is None else kv[0].shape[-2]),
-                                    attended_mask], dim=1)
-        P = 0 if carried is None else carried.shape[1]
-        seq = x.reshape(B, H * W, C)
-        if P:
-            seq = torch.cat([carried.expand(B, -1, -1), seq], dim=1)
+    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row):
+        if cls_row:
+            raise ValueError(f'{type(self.prompt).__name__} asks for the CLS attention row; '
+                             'PromptedSwin has no CLS token')
+        return window_attention(block, x, grid, before, after, key_mask, num_carried), None
 
-        def attention(h):
-            h = block.norm1(h)
-            extra = join_kv(kv, None if attended is None else method.for_samples(  # per task, then per sample
-                ctx, project_kv(block.attn, block.norm1(attended))))
-            out, prompt_out = window_attention(block, h[:, P:].reshape(B, H, W, C), extra,
-                                               method.kv_first, h[:, :P] if P else None, extra_mask)
-            out = out.reshape(B, H * W, C)
-            return block.drop_path1(out if not P else torch.cat([prompt_out, out], dim=1))
+    def plain_block(self, block, x, grid):
+        return block(x.unflatten(1, grid)).flatten(1, 2)
 
-        seq = residual_block(
-            seq, attention, block.norm2, lambda h: block.drop_path2(block.mlp(h)),
-            lambda h: method.cross_attend(ctx, layer, h, block.attn), method.insert)
-        return seq[:, P:].reshape(B, H, W, C), (seq[:, :P] if P else None)
+    def sequence_keys(self, block, x, num_carried):
+        return num_carried + block.window_area  # a window's tokens and the carried prompts
 
     def forward(self, img, tasks=None):
         """``tasks``: (B,) task index per sample when the method holds several tasks'
         tensors (``mmvpt.apis.MultiTaskModel``)."""
         x = self.swin.patch_embed(img)  # (B, H, W, C)
-        method = self.prompt
-        ctx = method.start(x.shape[0], tasks) if method is not None else None
-        pool = self.pool_prompts and self.out_type == 'avg_featmap'
-        last_pooled_layer = len(self.swin.layers[self.out_indices[-1]].blocks) + sum(
-            len(stage.blocks) for stage in self.swin.layers[:self.out_indices[-1]]) - 1
+        ctx = self.start(x.shape[0], tasks)
         outs = []
         layer = 0
-        carried = None  # VPT-shallow's prompt set, or the last block's pooled prompt outputs
+        prompts = None  # VPT-shallow's carried set, or the pooled last block's prompt outputs
         for index, stage in enumerate(self.swin.layers):
             x = stage.downsample(x)
-            if carried is not None:
-                carried = merge_prompts(stage.downsample, carried)
-            for block in stage.blocks:
-                run = block if method is None else partial(
-                    self.forward_block, layer, carried=carried, ctx=ctx,
-                    prompt_outputs=pool and layer == last_pooled_layer)
-                if self.with_cp and torch.is_grad_enabled():
-                    # Recomputed in backward with the RNG state replayed (same dropout masks).
-                    x = checkpoint(run, x, use_reentrant=False)
-                else:
-                    x = run(x)
-                if method is not None:
-                    x, carried = x
+            B, H, W, C = x.shape
+            seq = x.reshape(B, H * W, C)
+            if prompts is not None:
+                seq = torch.cat([merge_prompts(stage.downsample, prompts), seq], dim=1)
+            for _ in stage.blocks:
+                seq = self.run_block(layer, seq, ctx, (H, W))
                 layer += 1
+            num_prompts = seq.shape[1] - H * W
+            prompts = seq[:, :num_prompts] if num_prompts else None
+            x = seq[:, num_prompts:].reshape(B, H, W, C)
             if index == self.num_stages - 1 and self.final_norm:
                 x = self.swin.norm(x)
-                carried = None if carried is None else self.swin.norm(carried)
+                prompts = None if prompts is None else self.swin.norm(prompts)
             if index in self.out_indices:
-                outs.append(self._pool(x, carried if pool else None)
+                outs.append(self._pool(x, prompts if self.pool_prompts else None)
                             if self.out_type == 'avg_featmap'
                             else x.permute(0, 3, 1, 2).contiguous())
             if index == self.out_indices[-1]:

@@ -2,11 +2,9 @@
 import torch
 from timm.layers import Attention, resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
-from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
-from ..utils.attention import join_kv, project_kv, self_attention
-from ..utils.block import residual_block
+from ..utils.attention import self_attention
 from ..utils.vit_checkpoint import load_vit_pretrained
 from .base import PromptedBackbone
 
@@ -71,6 +69,7 @@ class PromptedViT(PromptedBackbone):
         self.interpolate_mode = interpolate_mode
         self.with_cp = with_cp
         self.num_layers = len(vit.blocks)
+        self.num_prefix_tokens = vit.num_prefix_tokens
         self.embed_dims = vit.embed_dim
         self.out_indices = self.check_out_indices(out_indices, self.num_layers, 'blocks')
         if out_type == 'cls_token' and vit.cls_token is None:
@@ -98,7 +97,7 @@ class PromptedViT(PromptedBackbone):
                              'plug into timm Block / Attention only')
 
     def load_pretrained(self, path):
-        load_vit_pretrained(self.vit, path, interpolate_mode='bicubic')
+        load_vit_pretrained(self.vit, path, interpolate_mode=self.interpolate_mode)
 
     # -- forward -------------------------------------------------------------------------
     def embed(self, img):
@@ -124,75 +123,23 @@ class PromptedViT(PromptedBackbone):
         x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
         return x, grid
 
-    def forward_block(self, index, x, ctx, num_prompts, prompt_kv=None, prompt_mask=None):
-        """One timm block, with the method's extension points. ``num_prompts`` prompt tokens
-        are in ``x`` after the prefix (carried prompts); ``prompt_kv`` are the keys and
-        values of prompts that are not (each (1|B, H, P, d)); ``prompt_mask`` (B, P) bool
-        hides some of those from a sample (stacked tasks pruned differently)."""
-        block, method = self.blocks[index], self.prompt
-        if method is None:
-            return block(x)
-        kv = method.for_samples(ctx, method.kv(ctx, index))
-        before, after = (kv, None) if method.kv_first else (None, kv)
-        key_mask = None
-        if prompt_mask is not None:  # keys: [KV prompts if first, prompts, tokens, KV after]
-            (B, N), ones = x.shape[:2], prompt_mask.new_ones
-            key_mask = torch.cat([ones(B, _width(before)), prompt_mask, ones(B, N + _width(after))], dim=1)
-        before = join_kv(before, prompt_kv)
-        want_row = method.wants_cls_attention(index)
-        rows = []
+    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row):
+        return self_attention(block.attn, x, before, after, key_mask, cls_row)
 
-        def attention(h):
-            sa, row = self_attention(block.attn, block.norm1(h), before, after, want_row, key_mask)
-            rows.append(row)
-            return block.drop_path1(block.ls1(sa))
+    def plain_block(self, block, x, grid):
+        return block(x)
 
-        x = residual_block(
-            x, attention, block.norm2, lambda h: block.drop_path2(block.ls2(block.mlp(h))),
-            lambda h: method.cross_attend(ctx, index, h, block.attn), method.insert)
-        if want_row:
-            image_start = self.vit.num_prefix_tokens + num_prompts
-            key_start = image_start + (0 if before is None else before[0].shape[-2])
-            x = method.after_block(ctx, index, x, rows[0][:, key_start:key_start + x.shape[1] - image_start],
-                                   image_start)
-        return x
-
-    def forward_prompted_block(self, index, x, ctx, num_prompts):
-        """Block ``index`` with the method's prompt tokens for it: carried ones join the
-        sequence; the others, whose outputs the next block would replace, are computed as
-        keys and values only (LN1 and the K/V rows of the frozen qkv projection), so no
-        prompt query, attention row, output projection or MLP is computed for them."""
-        method = self.prompt
-        tokens = method.tokens(ctx, index) if method is not None else None
-        prompt_kv = prompt_mask = None
-        if tokens is not None and method.carries_prompts:
-            num_prefix, B = self.vit.num_prefix_tokens, x.shape[0]
-            x = torch.cat([x[:, :num_prefix], method.for_samples(ctx, tokens).expand(B, -1, -1),
-                           x[:, num_prefix + num_prompts:]], dim=1)
-            num_prompts = tokens.shape[1]
-        elif tokens is not None:
-            block = self.blocks[index]
-            # per task, then gathered per sample
-            prompt_kv = method.for_samples(ctx, project_kv(block.attn, block.norm1(tokens)))
-            prompt_mask = method.for_samples(ctx, method.prompt_mask(ctx, index))
-        return self.forward_block(index, x, ctx, num_prompts, prompt_kv, prompt_mask)
+    def sequence_keys(self, block, x, num_carried):
+        return x.shape[1]
 
     def forward(self, img, tasks=None):
         """``tasks``: (B,) task index per sample when the method holds several tasks'
         tensors (``mmvpt.apis.MultiTaskModel``)."""
         x, grid = self.embed(img)
-        method = self.prompt
-        ctx = method.start(x.shape[0], tasks) if method is not None else None
-        num_tokens = self.vit.num_prefix_tokens + grid[0] * grid[1]  # without prompts
+        ctx = self.start(x.shape[0], tasks)
         outs = []
         for i in range(self.out_indices[-1] + 1):  # later blocks would reach no output
-            num_prompts = x.shape[1] - num_tokens  # carried ones: [prefix, prompts, image]
-            if self.with_cp and torch.is_grad_enabled():
-                # Recomputed in backward; the RNG state is replayed, so dropout and drop-path
-                # draw the same masks.
-                x = checkpoint(self.forward_prompted_block, i, x, ctx, num_prompts, use_reentrant=False)
-            else:
-                x = self.forward_prompted_block(i, x, ctx, num_prompts)
+            x = self.run_block(i, x, ctx, grid)
             if i == self.num_layers - 1 and self.final_norm:
                 x = self.vit.norm(x)
             if i in self.out_indices:
@@ -208,7 +155,3 @@ class PromptedViT(PromptedBackbone):
         B, _, C = image.shape
         return image.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2).contiguous()
 
-
-def _width(keys_values):
-    """How many keys an optional (keys, values) pair holds."""
-    return 0 if keys_values is None else keys_values[0].shape[-2]

@@ -1,31 +1,37 @@
 """The extension points a prompted backbone offers a prompt-tuning method.
 
-A backbone runs its pretrained blocks and, at four places per block, asks its method:
+A backbone runs its pretrained blocks and, at these places per block, asks its method:
 
-=================  ==========================================  ==============================
-point              asked                                       used by
-=================  ==========================================  ==============================
-``tokens``         prompt tokens to place after the prefix     VPT, E²VPT (visual), iVPT
-                   tokens before block l (replacing the
-                   previous block's), or ``None`` to keep them
-``kv``             extra keys/values for block l's             E²VPT (key-value prompts)
-                   self-attention, in head space
-``cross_attend``   a residual term at position ``insert``      CVPT
-``after_block``    update of the tokens after block l, given   iVPT (attentive
-                   the CLS attention row over image tokens     reinforcement)
-=================  ==========================================  ==============================
+===================  ========================================  ==============================
+point                asked                                     used by
+===================  ========================================  ==============================
+``tokens``           prompt tokens for block l that replace    VPT-deep, E²VPT (visual), iVPT
+                     the previous block's: their outputs are
+                     never used, so they enter the block as
+                     keys and values only
+``sequence_tokens``  prompt tokens that join the sequence      VPT-shallow
+                     before block l and stay in it
+``kv``               extra keys/values for block l's           E²VPT (key-value prompts)
+                     attention, before and after the
+                     sequence's keys, in head space
+``cross_attend``     a residual term at one of five places     CVPT
+                     of the block
+``after_block``      update of the tokens after block l, given iVPT (attentive
+                     the CLS attention row over image tokens   reinforcement)
+===================  ========================================  ==============================
 
 ``start`` runs once per forward and returns what is the same for every block call of that
 forward (a :class:`ForwardContext`: mixed prompts, for instance, and every per-layer tensor
 sliced into its layers), so it is computed once, not per block or sample.
 
-Several tasks on one backbone (``mmvpt.apis.MultiTaskModel``): the method's tuned tensors
-are stacked with a leading task axis (:meth:`PromptMethod.stack_tasks`) and the forward gets
-a per-sample task index (``ctx.tasks``). The extension points then answer per task, (T, ...)
-where they answer (1, ...) for one task, and the backbone gathers per sample
-(:meth:`PromptMethod.for_samples`) only after the per-task work (prompt keys and values are
-projected once per task, not per sample).
+The task axis: a method serves one task or, stacked (:meth:`PromptMethod.stacked`, for
+``mmvpt.apis.MultiTaskModel``), T tasks with a per-sample task index. Methods read their
+tensors through the context, which gives every per-layer tensor a leading task axis (T, or
+1 for one task), and the backbone gathers what the method returns per sample
+(:meth:`ForwardContext.per_sample`) after the per-task work: prompt keys and values are
+projected once per task, not per sample, and one task needs no code of its own.
 """
+import copy
 import math
 
 import torch
@@ -49,12 +55,26 @@ class ForwardContext:
         #: (B,) task index per sample with stacked tasks, else None
         self.tasks = tasks
         #: ``{name: [layer 0's tensor, layer 1's, ...]}``: the method's per-layer tensors
-        #: (:attr:`PromptMethod.per_layer`), sliced once for the whole forward
+        #: (:attr:`PromptMethod.per_layer`), sliced once for the whole forward, each with a
+        #: leading task axis
         self.layers = {} if layers is None else layers
 
     def at(self, name, layer):
-        """Layer ``layer``'s slice of the method's per-layer tensor ``name``."""
+        """Layer ``layer``'s slice of the method's per-layer tensor ``name``, (T, ...): T
+        stacked tasks, or 1 for one task."""
         return self.layers[name][layer]
+
+    def per_sample(self, tensors):
+        """Per-task tensors (T, ...) gathered to (B, ...) by the per-sample task index. With
+        one task they stay as they are: their leading 1 (or B, after per-sample dropout)
+        broadcasts over the batch. Takes a tensor, None, or a tuple (named tuples too) of
+        them; other tuple items pass unchanged."""
+        if self.tasks is None or tensors is None:
+            return tensors
+        if isinstance(tensors, tuple):
+            items = [t[self.tasks] if torch.is_tensor(t) else t for t in tensors]
+            return type(tensors)(*items) if hasattr(tensors, '_fields') else tuple(items)
+        return tensors[self.tasks]
 
 
 class PromptMethod(nn.Module):
@@ -74,13 +94,6 @@ class PromptMethod(nn.Module):
         has_cls_token: whether the backbone has a CLS token (iVPT's attentive
             reinforcement needs one).
     """
-    #: where a cross-attention branch joins the block (1..5), or None for no branch
-    insert = None
-    #: E²VPT key-value prompts go before (True) or after (False) the token keys
-    kv_first = True
-    #: the outputs of block l's prompt tokens enter block l + 1 (VPT-shallow). Otherwise
-    #: each block's prompts replace the previous ones, so their outputs are never used.
-    carries_prompts = False
     #: the name tables and reports print (:func:`display_name`)
     display_name = None
     #: the per-forward context :meth:`start` returns
@@ -138,15 +151,18 @@ class PromptMethod(nn.Module):
             param = param[stage]
         return param[layer] if self.num_tasks is None else param[:, layer]
 
+    def with_task_axis(self, tensor):
+        """``tensor`` with its leading task axis: (T, ...) as stacked, (1, ...) for one task."""
+        return tensor if self.num_tasks is not None else tensor.unsqueeze(0)
+
     def layers(self, param):
         """Every layer's slice of a :meth:`stage_parameter` (or of a list of per-stage
-        tensors, or of any per-layer tensor) as a list, by one ``unbind`` per stage. Taken
-        once per forward, this is one op and, in backward, one stack of the layers'
-        gradients, where slicing in every block call would be L slices, L zero-padded
-        gradients of the whole tensor and L - 1 additions of them."""
-        axis = 0 if self.num_tasks is None else 1
+        tensors, or of any per-layer tensor) as a list, each with a leading task axis, by
+        one ``unbind`` per stage. Taken once per forward, this is one op and, in backward,
+        one stack of the layers' gradients, where slicing in every block call would be L
+        slices, L zero-padded gradients of the whole tensor and L - 1 additions of them."""
         stages = param if isinstance(param, (nn.ParameterList, list, tuple)) else [param]
-        return [t for stage in stages for t in stage.unbind(axis)]
+        return [t for stage in stages for t in self.with_task_axis(stage).unbind(1)]
 
     @staticmethod
     def stage_tensors(param):
@@ -156,7 +172,7 @@ class PromptMethod(nn.Module):
     def start(self, batch_size, tasks=None):
         """Per-forward values shared by every block call, passed back to them as ``ctx``.
 
-        ``tasks``: (B,) task index per sample, for stacked tasks (:meth:`stack_tasks`)."""
+        ``tasks``: (B,) task index per sample, for stacked tasks (:meth:`stacked`)."""
         if (tasks is None) != (self.num_tasks is None):
             raise ValueError(
                 f'{type(self).__name__}: a per-sample task index needs tasks stacked by '
@@ -170,20 +186,9 @@ class PromptMethod(nn.Module):
 
     def drop(self, ctx, prompts):
         """The method's prompt dropout (``self.dropout``, ``self.dropout_mode``) on one
-        layer's (P, D) prompts -> (1 or B, P, D); stacked tasks' (T, P, D) pass as they are."""
-        if ctx.tasks is not None:
-            return prompts
+        layer's (1, P, D) prompts -> (1 or B, P, D). Stacked tasks serve in eval mode,
+        where their (T, P, D) prompts pass as they are."""
         return drop_prompts(prompts, ctx.batch_size, self.dropout, self.dropout_mode, self.training)
-
-    @staticmethod
-    def for_samples(ctx, tensors):
-        """Per-task tensors (T, ...) (or a tuple of them) gathered to (B, ...) by the
-        per-sample task index; unchanged for one task. None stays None."""
-        if tensors is None or ctx is None or ctx.tasks is None:
-            return tensors
-        if isinstance(tensors, tuple):
-            return tuple(t[ctx.tasks] for t in tensors)
-        return tensors[ctx.tasks]
 
     def prompt_mask(self, ctx, layer):
         """With stacked tasks: a (T, P) bool mask of the prompts of :meth:`tokens` that take
@@ -195,10 +200,10 @@ class PromptMethod(nn.Module):
         """Raises if the method's tuned tensors cannot be served stacked (a subclass names
         what it cannot stack)."""
 
-    def stack_tasks(self, states):
-        """Replaces every tensor of the method (``state_dict()`` keys) by the stack of the
-        given tasks' tensors, (T, ...), as buffers: the method then serves those tasks, in
-        eval mode, with a per-sample task index (``start(B, tasks)``).
+    def stacked(self, states):
+        """A copy of the method that serves the given tasks in one batch, in eval mode, with
+        a per-sample task index (``start(B, tasks)``): each of its tensors (``state_dict()``
+        keys) is the stack of the tasks' tensors, (T, ...), held as a buffer.
 
         Args:
             states: ``{task name: {key: tensor}}``, keyed like ``self.state_dict()``; the
@@ -214,25 +219,33 @@ class PromptMethod(nn.Module):
             if problems:
                 raise ValueError(f'task {task!r}: its {type(self).__name__} tensors do not fit the '
                                  'shared model: ' + '; '.join(problems[:8]))
+        method = copy.deepcopy(self)
         for key, value in own.items():
             *path, name = key.split('.')
-            module = self.get_submodule('.'.join(path))
+            module = method.get_submodule('.'.join(path))
             stacked = torch.stack([state[key].to(value) for state in states.values()])
-            module._parameters.pop(name, None)
-            module._buffers.pop(name, None)
+            delattr(module, name)  # a parameter or buffer of one task's shape
             module.register_buffer(name, stacked)
-        self.num_tasks = len(states)
-        self.requires_grad_(False)
-        self.eval()
+        method.num_tasks = len(states)
+        method.requires_grad_(False)
+        return method.eval()
 
     def tokens(self, ctx, layer):
         return None
 
-    def kv(self, ctx, layer):
+    def sequence_tokens(self, ctx, layer):
         return None
 
-    def cross_attend(self, ctx, layer, x, attn):
-        raise NotImplementedError
+    def kv(self, ctx, layer):
+        """(before, after): extra (keys, values) for block ``layer``'s attention, before and
+        after the sequence's keys, each (T, H, L, d) or None."""
+        return None, None
+
+    def cross_attend(self, ctx, layer, position, x, attn):
+        """The residual term the method adds at ``position`` (1..5, see
+        :meth:`mmvpt.models.backbones.base.PromptedBackbone.forward_block`) of block
+        ``layer``, or None: most methods add none anywhere."""
+        return None
 
     def wants_cls_attention(self, layer):
         return False
@@ -300,14 +313,14 @@ def check_dropout(dropout, dropout_mode):
 
 
 def drop_prompts(prompts, batch_size, p, mode, training):
-    """Dropout on (P, D) prompts, returning (1, P, D) when every sample sees the same
-    prompts (eval, no dropout, or ``mode='batch'``) and (B, P, D) for per-sample dropout
-    (``mode='sample'``, what the authors' code does)."""
+    """Dropout on (1, P, D) prompts, returning them (1, P, D) when every sample sees the
+    same prompts (eval, no dropout, or ``mode='batch'``) and (B, P, D) for per-sample
+    dropout (``mode='sample'``, what the authors' code does)."""
     if not training or p == 0:
-        return prompts.unsqueeze(0)
+        return prompts
     if mode == 'batch':
-        return F.dropout(prompts, p, True).unsqueeze(0)
-    return F.dropout(prompts.unsqueeze(0).expand(batch_size, -1, -1), p, True)
+        return F.dropout(prompts, p, True)
+    return F.dropout(prompts.expand(batch_size, -1, -1), p, True)
 
 
 def check_positive(name, value, allow_zero=False):

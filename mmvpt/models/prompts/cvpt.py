@@ -1,11 +1,12 @@
-"""CVPT (paper 001): the token stream cross-attends to per-block prompts; prompts never
-enter the self-attention, so its cost stays O(N^2) and the prompts add O(N * P)."""
+"""CVPT (Cross Visual Prompt Tuning, ICCV 2025): the token stream cross-attends to
+per-block prompts; prompts never enter the self-attention, so its cost stays O(N^2) and the
+prompts add O(N * P)."""
 import torch
 import torch.nn as nn
 from timm.layers import Attention
 
 from mmvpt.registry import MODELS
-from ..utils.attention import cross_attention
+from ..utils.attention import cross_attention, cross_attention_prompts
 from .base import (PromptMethod, check_choices, check_dropout, check_positive, vpt_uniform)
 
 INSERT_POSITIONS = (1, 2, 3, 4, 5)
@@ -95,10 +96,13 @@ class CVPT(PromptMethod):
                 'stacking serves the weight-shared frozen cross-attention (ca_init=\'shared\', '
                 'ca_trainable=False)')
 
-    def cross_attend(self, ctx, layer, x, attn):
+    def cross_attend(self, ctx, layer, position, x, attn):
+        if position != self.insert:
+            return None
         prompts = self.drop(ctx, ctx.at('prompts', layer))
         ca = attn if self.cross_attn is None else self.cross_attn[layer]
-        return cross_attention(ca, x, prompts, tasks=ctx.tasks)
+        # the prompt side once per task (or batch), then gathered per sample
+        return cross_attention(ca, x, ctx.per_sample(cross_attention_prompts(ca, x, prompts)))
 
     def extra_repr(self):
         return (f'num_tokens={self.num_tokens}, insert={self.insert}, ca_init={self.ca_init!r}, '

@@ -1,4 +1,4 @@
-"""E²VPT (paper 002): VPT-deep visual prompts + key-value prompts, with token and
+"""E²VPT (Han et al., ICCV 2023): VPT-deep visual prompts + key-value prompts, with token and
 segment pruning masks that the pruning hooks drive."""
 import torch
 import torch.nn as nn
@@ -23,8 +23,9 @@ class E2VPTContext(ForwardContext):
     #: multiply the prompts by the token mask / by the expanded segment mask
     mask_tokens = False
     mask_segments = False
-    #: with stacked tasks: layers in which some task pruned a token
-    pruned_layers = frozenset()
+    #: layers whose kept tokens some stacked tasks pruned and others did not (hidden from
+    #: those tasks' samples by a key mask)
+    masked_layers = frozenset()
 
 
 @MODELS.register_module()
@@ -78,7 +79,6 @@ class E2VPT(PromptMethod):
         self.num_kv_tokens = num_kv_tokens
         self.share_kv = share_kv
         self.kv_location = kv_location
-        self.kv_first = kv_location == 'before'
         self.dropout = dropout
         self.dropout_mode = dropout_mode
         self.num_segments = num_segments
@@ -101,7 +101,6 @@ class E2VPT(PromptMethod):
             if not share_kv:
                 self.v_prompts = self.stage_parameter(kv_shape, _no_init)
         self.reset_parameters()
-        self._pruned_layers = frozenset()  # stacked tasks (stack_tasks)
         self.masks_changed()
 
     def reset_parameters(self):
@@ -122,12 +121,14 @@ class E2VPT(PromptMethod):
         return self.prompts is not None
 
     def num_pruned_parameters(self):
-        """Prompt elements that pruning took away (tokens, then segments of kept tokens)."""
+        """Prompt elements that pruning took away (tokens, then segments of kept tokens);
+        of all tasks together when stacked."""
         if self.prompts is None:
             return 0
         total = 0
         for layer in range(self.num_layers):
-            dims = self.expand_segments(self.segment_mask[layer], layer) * self.token_mask[layer, :, None]
+            segments, tokens = self.at(self.segment_mask, layer), self.at(self.token_mask, layer)
+            dims = self.expand_segments(segments, layer) * tokens.unsqueeze(-1)
             total += dims.numel() - int(dims.sum().item())
         return total
 
@@ -140,17 +141,22 @@ class E2VPT(PromptMethod):
         return segment_mask.repeat(*([1] * (segment_mask.dim() - 1)), repeats)
 
     def masks_changed(self):
-        """Reads the masks into the forward's Python-side state: the kept token indices
-        per block (on the masks' device) and whether any token or segment is pruned."""
+        """Reads the masks into the forward's Python-side state: the tokens kept per block
+        (by some task, when stacked; on the masks' device), the blocks where stacked tasks
+        differ in what they kept, and whether any token or segment is pruned."""
         if self.token_mask.is_meta:  # built without storage (parameter counting): nothing to read
-            self._mask_state, self._mask_key = (None, False, False), None
+            self._mask_state, self._mask_key = (None, frozenset(), False, False), None
             return
         with torch.no_grad():
-            tokens = self.token_mask.bool()
-            tokens_pruned = not bool(tokens.all())
-            kept = [row.nonzero().flatten() for row in tokens] if tokens_pruned else None
+            tokens = self.with_task_axis(self.token_mask).bool()  # (T, L, P)
+            kept_by_any, kept_by_all = tokens.any(0), tokens.all(0)
+            tokens_pruned = not bool(kept_by_all.all())
+            # Tokens every task pruned leave the sequence ('remove'); where tasks differ,
+            # the token stays and a key mask hides it from the tasks that pruned it.
+            kept = [row.nonzero().flatten() for row in kept_by_any] if not bool(kept_by_any.all()) else None
+            masked = frozenset((kept_by_any != kept_by_all).any(-1).nonzero().flatten().tolist())
             segments_pruned = not bool(self.segment_mask.all())
-        self._mask_state = (kept, tokens_pruned, segments_pruned)
+        self._mask_state = (kept, masked, tokens_pruned, segments_pruned)
         self._mask_key = self._masks_version()
 
     def _masks_version(self):
@@ -165,32 +171,26 @@ class E2VPT(PromptMethod):
         self.masks_changed()  # the kept indices follow the masks' device
         return self
 
-    def stack_tasks(self, states):
-        super().stack_tasks(states)
-        pruned = (self.token_mask == 0).any(dim=-1).any(dim=0)  # (T, L, P) -> (L,)
-        self._pruned_layers = frozenset(pruned.nonzero().flatten().tolist())
+    def stacked(self, states):
+        method = super().stacked(states)
+        method.masks_changed()
+        return method
 
     def start(self, batch_size, tasks=None):
         ctx = super().start(batch_size, tasks)
         if self.prompts is None:
             return ctx
-        if tasks is not None:
-            # Tasks pruned differently: every prompt is kept in the stack; 'remove' hides a
-            # task's pruned ones from attention (prompt_mask), 'mask' zeroes them.
-            ctx.mask_tokens = self.prune_mode == 'mask'
-            ctx.mask_segments = True
-            ctx.pruned_layers = self._pruned_layers
+        if not torch.compiler.is_compiling() and self._mask_key != self._masks_version():
+            self.masks_changed()  # changed in place since
+        kept, masked, tokens_pruned, segments_pruned = self._mask_state
+        scoring_tokens = self.token_mask.requires_grad
+        if self.prune_mode == 'remove' and not scoring_tokens:
+            ctx.kept, ctx.masked_layers = kept, masked
+        else:  # 'mask' (the official code): pruned tokens are zeroed but still attend
+            ctx.mask_tokens = scoring_tokens or tokens_pruned
+        ctx.mask_segments = self.segment_mask.requires_grad or segments_pruned
+        if ctx.mask_tokens or ctx.masked_layers:
             ctx.layers['token_mask'] = self.layers(self.token_mask)
-        else:
-            if not torch.compiler.is_compiling() and self._mask_key != self._masks_version():
-                self.masks_changed()  # changed in place since
-            kept, tokens_pruned, segments_pruned = self._mask_state
-            scoring_tokens = self.token_mask.requires_grad
-            ctx.kept = kept if self.prune_mode == 'remove' and not scoring_tokens else None
-            ctx.mask_tokens = ctx.kept is None and (scoring_tokens or tokens_pruned)
-            ctx.mask_segments = self.segment_mask.requires_grad or segments_pruned
-            if ctx.mask_tokens:
-                ctx.layers['token_mask'] = self.layers(self.token_mask)
         if ctx.mask_segments:
             ctx.layers['segment_mask'] = self.layers(self.segment_mask)
         return ctx
@@ -199,30 +199,30 @@ class E2VPT(PromptMethod):
     def tokens(self, ctx, layer):
         if self.prompts is None:
             return None
-        prompts = ctx.at('prompts', layer)
+        prompts = ctx.at('prompts', layer)  # (T, P, D)
         if ctx.kept is not None:
-            prompts = prompts[ctx.kept[layer]]
+            prompts = prompts[:, ctx.kept[layer]]
         elif ctx.mask_tokens:
             prompts = prompts * ctx.at('token_mask', layer).unsqueeze(-1)
         if ctx.mask_segments:
             segments = ctx.at('segment_mask', layer)
             if ctx.kept is not None:
-                segments = segments[ctx.kept[layer]]
+                segments = segments[:, ctx.kept[layer]]
             prompts = prompts * self.expand_segments(segments, layer)
         return self.drop(ctx, prompts)
 
     def prompt_mask(self, ctx, layer):
-        if (ctx.tasks is None or self.prompts is None or self.prune_mode != 'remove'
-                or layer not in ctx.pruned_layers):
+        if layer not in ctx.masked_layers:
             return None
-        return ctx.at('token_mask', layer).bool()
+        mask = ctx.at('token_mask', layer).bool()
+        return mask if ctx.kept is None else mask[:, ctx.kept[layer]]
 
     def kv(self, ctx, layer):
         if self.kv_prompts is None:
-            return None
+            return None, None
         keys = ctx.at('kv_prompts', layer)
         values = keys if self.v_prompts is None else ctx.at('v_prompts', layer)
-        return keys, values
+        return ((keys, values), None) if self.kv_location == 'before' else (None, (keys, values))
 
     def extra_repr(self):
         return (f'num_tokens={self.num_tokens}, num_kv_tokens={self.num_kv_tokens}, '

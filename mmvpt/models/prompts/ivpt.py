@@ -1,5 +1,6 @@
-"""iVPT (paper 003): cross-layer dynamic connection (CDC) with dynamic aggregation (DA) of
-VPT-deep prompts, and attentive reinforcement (AR) of the most attended image tokens."""
+"""iVPT (Zhou, Chen and Huang): cross-layer dynamic connection (CDC) with dynamic
+aggregation (DA) of VPT-deep prompts, and attentive reinforcement (AR) of the most attended
+image tokens."""
 import logging
 
 import torch
@@ -80,19 +81,19 @@ class IVPT(PromptMethod):
     def start(self, batch_size, tasks=None):
         ctx = super().start(batch_size, tasks)
         # The mixing is the same for every sample: once per forward (and task), all blocks
-        # at once. Layers are axis -3 of the prompts (L, N, D) and of Γ (L - 1, N, N), with
-        # or without a leading task axis.
+        # at once, on (T, L, N, D) prompts and (T, L - 1, N, N) Γ.
+        gamma = None if self.aggregation is None else self.with_task_axis(self.aggregation)
         mixed = []
         first_connection = 0
         for prompts in self.stage_tensors(self.prompts):
-            previous = prompts[..., :-1, :, :]
-            if self.aggregation is not None:
-                count = previous.shape[-3]
-                gamma = self.aggregation[..., first_connection:first_connection + count, :, :]
-                previous = torch.matmul(gamma, previous)
+            prompts = self.with_task_axis(prompts)
+            previous = prompts[:, :-1]
+            if gamma is not None:
+                count = previous.shape[1]
+                previous = torch.matmul(gamma[:, first_connection:first_connection + count], previous)
                 first_connection += count
             # the stage's first block takes its own prompts; block l P^l + Γ^{l-1} P^{l-1}
-            mixed += [prompts.select(-3, 0)] + list((prompts[..., 1:, :, :] + previous).unbind(-3))
+            mixed += [prompts[:, 0]] + list((prompts[:, 1:] + previous).unbind(1))
         ctx.layers['prompts'] = mixed
         return ctx
 
@@ -108,7 +109,7 @@ class IVPT(PromptMethod):
         k = self.num_ar_tokens
         top = cls_attention.topk(k, dim=-1).indices  # (B, k), descending
         report_probe('reinforced', method=self, layer=layer, indices=top)
-        vectors = self.for_samples(ctx, ctx.at('ar_prompts', layer))  # (k, D) or (B, k, D)
+        vectors = ctx.per_sample(ctx.at('ar_prompts', layer))  # (1|B, k, D)
         # one out-of-place scatter into the whole sequence: a single copy of x
         index = (top + image_start).unsqueeze(-1).expand(B, k, D)
         return x.scatter_add(1, index, vectors.to(x.dtype).expand(B, k, D))

@@ -43,7 +43,6 @@ class VPT(PromptMethod):
         self.dropout = (0.1 if deep else 0.) if dropout is None else dropout
         check_dropout(self.dropout, dropout_mode)
         self.dropout_mode = dropout_mode
-        self.carries_prompts = not deep
         if proj_dim and len(self.stages) > 1:
             raise ValueError('VPT proj_dim: the projection needs one token width; this backbone '
                              f'has {sorted(set(self.layer_dims))}')
@@ -65,8 +64,13 @@ class VPT(PromptMethod):
                              'serve such checkpoints one model each')
 
     def tokens(self, ctx, layer):
-        if layer > 0 and not self.deep:
-            return None
+        return self._prompts(ctx, layer) if self.deep else None
+
+    def sequence_tokens(self, ctx, layer):
+        # shallow: one set joins before block 0 and passes through every block
+        return self._prompts(ctx, layer) if not self.deep and layer == 0 else None
+
+    def _prompts(self, ctx, layer):
         prompts = ctx.at('prompts', layer)
         if self.proj is not None:
             prompts = self.proj(prompts)

@@ -10,6 +10,7 @@ keys it attends with and hands them over. Without a probe nothing extra is compu
 """
 import weakref
 from contextlib import contextmanager
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -89,6 +90,11 @@ def _as_dtype(t, dtype):
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def num_keys(keys_values):
+    """How many keys an optional (keys, values) pair holds."""
+    return 0 if keys_values is None else keys_values[0].shape[-2]
+
+
 def join_kv(first, second):
     """One (keys, values) pair out of two optional ones, each (H, L, d) or (1|B, H, L, d),
     ``first``'s keys first."""
@@ -99,7 +105,7 @@ def join_kv(first, second):
                  for a, b in zip(first, second))
 
 
-def self_attention(attn, x, before=None, after=None, cls_row=False, key_mask=None):
+def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=False):
     """timm ``Attention.forward`` plus extra keys/values and the CLS attention row.
 
     Args:
@@ -109,11 +115,15 @@ def self_attention(attn, x, before=None, after=None, cls_row=False, key_mask=Non
             to the projected keys and values in head space (they skip W_k / W_v), before or
             after the token keys: E²VPT's key-value prompts, and the keys and values of
             prompt tokens that are not in the sequence. Only the tokens of ``x`` query.
+        key_mask: optional (B, num_keys) bool over the keys [before, tokens, after], False
+            for keys no query may attend to (the prompts a task pruned when tasks of
+            different pruning share a batch).
         cls_row: also return the attention of the first query (CLS) to every key,
             softmax over all keys and mean over heads, (B, num_keys). It is one
             (1 x d) @ (d x keys) product per head; no full attention matrix is formed.
-        key_mask: optional (B, num_keys) bool, False for keys no query may attend to (the
-            prompts a task pruned when tasks of different pruning share a batch).
+
+    Returns:
+        (B, N, C) outputs after the projection, and the CLS row or None.
     """
     B, N, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
@@ -143,39 +153,69 @@ def self_attention(attn, x, before=None, after=None, cls_row=False, key_mask=Non
     out = attn.proj_drop(attn.proj(attn.norm(out)))
     if _PROBES:
         report_probe('self', attn=attn, probs=_probabilities(q, k, attn.scale, mask), output=out.detach(),
-                     num_before=0 if before is None else before[0].shape[2],
-                     num_after=0 if after is None else after[0].shape[2])
+                     num_before=num_keys(before), num_after=num_keys(after))
     return out, row
 
 
-def cross_attention(attn, x, prompts, tasks=None):
+class CrossAttentionPrompts(NamedTuple):
+    """The prompt side of a cross-attention (:func:`cross_attention_prompts`), formed once
+    per batch (or per task) and shared by the samples that use those prompts.
+
+    Plain form: ``keys``, ``values`` (b, H, P, d). Folded form (``folded``): ``keys`` are
+    the prompt keys through W_q, ``values`` the prompt values through W_o, each
+    (b, H * P, C), and ``key_bias`` (b, 1, H * P) the query bias's share, or None.
+    """
+    keys: torch.Tensor
+    values: torch.Tensor
+    key_bias: Optional[torch.Tensor] = None
+    folded: bool = False
+
+
+def cross_attention_prompts(attn, x, prompts):
+    """The prompt side of :func:`cross_attention` for ``prompts`` (b, P, C): keys and
+    values through ``attn``'s projections or, where it pays (:func:`_fold_pays`), the
+    folded products. ``x`` (B, N, C), the tokens that will attend, decides the form."""
+    k, v = project_kv(attn, prompts)
+    if not _fold_pays(attn, x, prompts, k):
+        return CrossAttentionPrompts(k, v)
+    # Per head h, q_h k_h^T = x (k_h W_q,h)^T + b_q,h k_h^T and sum_h a_h v_h W_o,h = a (v W_o)
+    # with v_h W_o,h a (P, C) matrix per head.
+    b, heads, P, head_dim = k.shape
+    C = x.shape[-1]
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    width = _widths(attn)[2]
+    w_q = weight[:width].view(heads, head_dim, C)
+    keys_in = torch.einsum('bhpd,hdc->bhpc', k * attn.scale, w_q).reshape(b, heads * P, C)
+    w_o = attn.proj.weight.view(C, heads, head_dim)
+    values_out = torch.einsum('bhpd,chd->bhpc', v, w_o).reshape(b, heads * P, C)
+    key_bias = None
+    if bias is not None:
+        b_q = bias[:width].view(heads, 1, head_dim)
+        key_bias = (b_q * attn.scale * k).sum(-1).reshape(b, 1, heads * P)
+    return CrossAttentionPrompts(keys_in, values_out, key_bias, folded=True)
+
+
+def cross_attention(attn, x, prompts):
     """Queries from the token stream, keys and values from prompts, with ``attn``'s weights.
 
-    softmax(q(x) k(p)^T / sqrt(d)) v(p), then the output projection. With a batch-shared
-    ``prompts`` of shape (1, P, C) the prompt keys/values are computed once for the batch.
-
-    For few prompts the query and output projections are folded into the prompt side
-    (see :func:`_folded_cross_attention`), which makes them nearly free.
+    softmax(q(x) k(p)^T / sqrt(d)) v(p), then the output projection. The prompt side
+    (:func:`cross_attention_prompts`) is formed once per batch for batch-shared prompts
+    (b = 1), so per sample only the queries and the attention remain; for few prompts the
+    query and output projections are folded into it, which makes them nearly free.
 
     Args:
         attn: a timm ``Attention`` module: the block's own (weight sharing) or a copy.
         x: (B, N, C) tokens (CVPT applies no norm to them).
-        prompts: (1 or B, P, C); with ``tasks``, (T, P, C): one set per task.
-        tasks: optional (B,) task index per sample: the prompt-side work is done once per
-            task, then gathered per sample.
+        prompts: :class:`CrossAttentionPrompts` with b = 1 or B.
     """
+    if prompts.folded:
+        return _folded_cross_attention(attn, x, prompts)
     B, N, C = x.shape
     heads, head_dim, width = _widths(attn)
-    k, v = project_kv(attn, prompts)
-    if tasks is not None and k.shape[0] == 1:  # one task: batch-shared prompts
-        tasks = None
-    if _fold_pays(attn, x, prompts, k):
-        return _folded_cross_attention(attn, x, k, v, tasks)
-    if tasks is not None:
-        k, v = k[tasks], v[tasks]
     weight, bias = attn.qkv.weight, attn.qkv.bias
     q = F.linear(x, weight[:width], None if bias is None else bias[:width])
     q = _part(attn, 'q_norm')(q.view(B, N, heads, head_dim).transpose(1, 2))
+    k, v = prompts.keys, prompts.values
     out = F.scaled_dot_product_attention(q, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
     out = out.transpose(1, 2).reshape(B, N, width)
     out = attn.proj(_part(attn, 'norm')(out))
@@ -205,37 +245,15 @@ def _fold_pays(attn, x, prompts, k):
     return num_prompts * (heads - 1) < width  # 2NPHC < 2NC^2 + 2NPC
 
 
-def _folded_cross_attention(attn, x, k, v, tasks=None):
-    """Cross-attention with W_q and W_o moved to the prompt side.
-
-    Per head h, q_h k_h^T = x (k_h W_q,h)^T + b_q,h k_h^T and
-    sum_h a_h v_h W_o,h = a (v W_o) with v_h W_o,h a (P, C) matrix per head. Both prompt-side
-    products are formed once per batch (b = 1 for batch-shared prompts); per sample the
-    tokens meet them in two (N, C) x (C, H * P) products, and no (B, H, N, C) tensor is made.
-
-    Args:
-        attn: timm ``Attention`` (no q/scale norm).
-        x: (B, N, C) tokens.
-        k, v: (b, H, P, d) prompt keys and values, b = 1 or B, or T with ``tasks``.
-        tasks: optional (B,) task per sample: the prompt-side products are formed per task
-            and gathered per sample.
-    """
+def _folded_cross_attention(attn, x, prompts):
+    """Cross-attention with W_q and W_o moved to the prompt side (see
+    :func:`cross_attention_prompts`): per sample the tokens meet the prompt-side products
+    in two (N, C) x (C, H * P) products, and no (B, H, N, C) tensor is made."""
     B, N, C = x.shape
-    b, heads, P, head_dim = k.shape
-    weight, bias = attn.qkv.weight, attn.qkv.bias
-    width = _widths(attn)[2]
-    w_q = weight[:width].view(heads, head_dim, C)
-    keys_in = torch.einsum('bhpd,hdc->bhpc', k * attn.scale, w_q).reshape(b, heads * P, C)
-    w_o = attn.proj.weight.view(C, heads, head_dim)
-    values_out = torch.einsum('bhpd,chd->bhpc', v, w_o).reshape(b, heads * P, C)
-    key_bias = None
-    if bias is not None:
-        b_q = bias[:width].view(heads, 1, head_dim)
-        key_bias = (b_q * attn.scale * k).sum(-1).reshape(b, 1, heads * P)
-    if tasks is not None:
-        keys_in, values_out, key_bias = (None if t is None else t[tasks]
-                                         for t in (keys_in, values_out, key_bias))
-    elif b == 1:  # batch-shared prompts: plain (B * N, C) x (C, H * P) products
+    keys_in, values_out, key_bias, _ = prompts
+    heads = _widths(attn)[0]
+    P = keys_in.shape[1] // heads
+    if keys_in.shape[0] == 1:  # batch-shared prompts: plain (B * N, C) x (C, H * P) products
         keys_in, values_out = keys_in[0], values_out[0]
     scores = torch.matmul(x, keys_in.transpose(-1, -2))  # (B, N, H * P)
     if key_bias is not None:
@@ -281,7 +299,7 @@ def _shift_mask(block, shifted):
     return mask
 
 
-def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None, extra_mask=None):
+def window_attention(block, x, grid, before=None, after=None, key_mask=None, num_prompts=0):
     """timm ``SwinTransformerBlock._attn`` (shifted windows, relative-position bias, shift
     mask) with prompts that every window attends to.
 
@@ -290,21 +308,26 @@ def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None, extra
 
     Args:
         block: a timm ``SwinTransformerBlock``.
-        x: (B, H, W, C) normalised tokens.
-        extra_kv: optional (keys, values), each (H, E, d) or (b, H, E, d) with b = 1 or B,
-            in head space: E²VPT's key-value prompts, or the projected prompts of a block
-            whose prompt outputs are never used. Before the window's keys if ``kv_first``.
-        prompts: optional (B, P, C) normalised prompt tokens that join every window as
-            queries and keys (VPT-shallow); their outputs are averaged over the windows.
-        extra_mask: optional (B, E) bool, False for extra keys no query may attend to.
+        x: (B, P + H * W, C) normalised tokens: ``num_prompts`` (P) prompt tokens that join
+            every window as queries and keys (VPT-shallow's; their outputs are averaged over
+            the windows), then the ``grid`` (H, W) map, row by row.
+        before, after: optional (keys, values), each (H, E, d) or (1|B, H, E, d), in head
+            space, joined to every window's keys before or after them, as in
+            :func:`self_attention`: E²VPT's key-value prompts, and the projected prompts of
+            a block whose prompt outputs are never used.
+        key_mask: optional (B, num_keys) bool over a window's keys [before, prompts, window
+            tokens, after], False for keys no query may attend to.
 
     Returns:
-        (B, H, W, C) outputs, and the prompts' (B, P, C) outputs or None.
+        (B, P + H * W, C) outputs, laid out as ``x``.
     """
-    B, H, W, C = x.shape
+    B, _, C = x.shape
+    H, W = grid
+    P = num_prompts
     window, shift = block.window_size, block.shift_size
     has_shift = any(shift)
-    shifted = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if has_shift else x
+    image = x[:, P:].reshape(B, H, W, C)
+    shifted = torch.roll(image, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if has_shift else image
     pad_h = (window[0] - H % window[0]) % window[0]
     pad_w = (window[1] - W % window[1]) % window[1]
     shifted = F.pad(shifted, (0, 0, 0, pad_w, 0, pad_h))
@@ -312,23 +335,24 @@ def window_attention(block, x, extra_kv=None, kv_first=True, prompts=None, extra
     windows = window_partition(shifted, window).view(-1, block.window_area, C)
     mask = _shift_mask(block, shifted)
     prompt_out = None
-    if extra_kv is None and prompts is None:
+    if before is None and after is None and not P:
         out = block.attn(windows, mask=mask)
     else:
-        out, prompt_out = _prompted_window_attention(block.attn, windows, mask, B, extra_kv,
-                                                     kv_first, prompts, extra_mask)
+        out, prompt_out = _prompted_window_attention(block.attn, windows, mask, x[:, :P], before, after,
+                                                     key_mask)
     out = window_reverse(out.view(-1, window[0], window[1], C), window, Hp, Wp)[:, :H, :W]
     if has_shift:
         out = torch.roll(out, shifts=shift, dims=(1, 2))
-    return out, prompt_out
+    out = out.reshape(B, H * W, C)
+    return out if prompt_out is None else torch.cat([prompt_out, out], dim=1)
 
 
-def _prompted_window_attention(attn, windows, mask, batch_size, extra_kv, kv_first, prompts,
-                               extra_mask=None):
-    """``WindowAttention.forward`` over (B * nW, N, C) windows plus prompt keys/values
-    (and prompt queries); see :func:`window_attention`."""
+def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_mask=None):
+    """``WindowAttention.forward`` over (B * nW, N, C) windows plus (B, P, C) prompt
+    tokens and extra keys/values; see :func:`window_attention`."""
     num_windows_total, N, C = windows.shape
-    B, num_windows = batch_size, num_windows_total // batch_size
+    B, P = prompts.shape[:2]
+    num_windows = num_windows_total // B
     heads, head_dim, width = _widths(attn)
     q, k, v = attn.qkv(windows).reshape(-1, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
@@ -336,31 +360,27 @@ def _prompted_window_attention(attn, windows, mask, batch_size, extra_kv, kv_fir
         t = _expand_batch(_as_dtype(t, q.dtype), B)
         return t.unsqueeze(1).expand(-1, num_windows, -1, -1, -1).reshape(-1, *t.shape[1:])
 
-    P = E = 0
-    if prompts is not None:  # projected once per sample, then shared by its windows
-        P = prompts.shape[1]
+    if P:  # projected once per sample, then shared by its windows
         pq, pk, pv = (per_window(t) for t in attn.qkv(prompts).reshape(
             B, P, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0))
         q, k, v = (torch.cat([p, t], dim=2) for p, t in ((pq, q), (pk, k), (pv, v)))
-    if extra_kv is not None:
-        if prompts is None:  # see self_attention: a query of its own frees the qkv output
-            q = q.contiguous()
-        ek, ev = (per_window(t) for t in extra_kv)
-        E = ek.shape[2]
-        k = torch.cat([ek, k] if kv_first else [k, ek], dim=2)
-        v = torch.cat([ev, v] if kv_first else [v, ev], dim=2)
+    elif before is not None or after is not None:  # see self_attention: frees the qkv output
+        q = q.contiguous()
+    parts = [tuple(per_window(t) for t in kv) if kv is not None else None for kv in (before, after)]
+    if any(part is not None for part in parts):
+        k, v = (torch.cat(tensors, dim=2) for tensors in zip(
+            *[kv for kv in (parts[0], (k, v), parts[1]) if kv is not None]))
+    E_before, E_after = num_keys(before), num_keys(after)
 
     # Relative-position bias and shift mask over the window tokens only, zeros elsewhere.
     bias = attn._get_rel_pos_bias()  # (1, H, N, N)
     if mask is not None:
         bias = bias + mask.unsqueeze(1)  # (nW, H, N, N)
-    key_start = P + (E if kv_first else 0)
-    padded = bias.new_zeros(bias.shape[0], heads, P + N, E + P + N)
+    key_start = E_before + P
+    padded = bias.new_zeros(bias.shape[0], heads, P + N, E_before + P + N + E_after)
     padded[:, :, P:, key_start:key_start + N] = bias
-    if extra_mask is not None:  # per sample: -inf on the extra keys it may not attend to
-        key_bias = padded.new_zeros(B, E + P + N)
-        extra_start = 0 if kv_first else P + N
-        key_bias[:, extra_start:extra_start + E].masked_fill_(~extra_mask, float('-inf'))
+    if key_mask is not None:  # per sample: -inf on the keys it may not attend to
+        key_bias = padded.new_zeros(B, padded.shape[-1]).masked_fill_(~key_mask, float('-inf'))
         padded = (padded.unsqueeze(0) + key_bias[:, None, None, None]).expand(
             B, num_windows, -1, -1, -1).reshape(-1, *padded.shape[1:])
     elif mask is not None:
