@@ -1,11 +1,13 @@
-"""tools/analysis/attention_share.py and visualize_attention.py on tiny ViTs: the shares,
-CVPT's CA/SA ratio and entropy against a plain re-statement with explicit loops, the files a
-user gets, and the no-prompt run being the frozen backbone itself."""
-import importlib.util
+"""mmvpt.analysis.attention, and tools/analysis/attention_share.py and visualize_attention.py
+over it, on tiny ViTs: the shares, CVPT's CA/SA ratio and entropy against a plain
+re-statement with explicit loops, the files a user gets, and the no-prompt run being the
+frozen backbone itself."""
 import math
+import os
 import os.path as osp
 from collections import defaultdict
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -13,28 +15,17 @@ from mmengine.dataset import Compose, pseudo_collate
 from mmengine.registry import init_default_scope
 from PIL import Image
 
+from mmvpt.analysis import attention
 from mmvpt.models import PromptedSwin, PromptedViT
 from mmvpt.models.utils import probe_attention
-from mmvpt.models.utils.tuned_state import tuned_state_keys
 from mmvpt.testing import write_random_vit
+from mmvpt.utils.tuned_checkpoint import load_tuned_checkpoint, save_tuned_checkpoint
 
-from .conftest import DEMO_ARCH, DEMO_CONFIG, ROOT, run_tool
+from .conftest import DEMO_ARCH, DEMO_CONFIG, run_tool
 
 NUM_IMAGES = 6
 GROUPS = ('cls', 'image', 'all')
 SHARES = ('share_prompt', 'share_kv', 'share_prefix', 'share_image')
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'mmvpt_{name}_tool', osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-share_tool = load_tool('attention_share')
-vis_tool = load_tool('visualize_attention')
 
 
 # -- a plain re-statement: explicit loops over images, heads and queries, float64 ------------
@@ -221,12 +212,12 @@ def tuned(tmp_path_factory, tiny_vtab, sharp_backbone):
         model = build(config)
         model.init_weights()
         randomise_prompts(model, seed).eval()
-        state = model.state_dict()
-        if tuned_only:
-            state = {k: state[k] for k in tuned_state_keys(model)}
-            assert not any(k.startswith('backbone.vit.') for k in state)
         checkpoint = str(tmp / f'{name}.pth')
-        torch.save({'state_dict': state, 'meta': {}}, checkpoint)
+        if tuned_only:
+            save_tuned_checkpoint(checkpoint, model)
+            assert not any(k.startswith('backbone.vit.') for k in load_tuned_checkpoint(checkpoint)[0])
+        else:
+            torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
         out[name] = (config, checkpoint, model)
     return out
 
@@ -265,9 +256,9 @@ def test_attention_share_tool_equals_the_plain_restatement(tuned, tiny_vtab, tmp
                     '--num-images', str(NUM_IMAGES), '--batch-size', '4', '--out', str(out),
                     '--device', 'cpu')
     assert 'CLS->prompts' in proc.stdout and 'H(CA) (log P = 1.386)' in proc.stdout
-    rows = share_tool.read_csv(out / 'attention_share.csv')
+    rows = attention.read_share_csv(out / 'attention_share.csv')
     labels = ['VPT-deep P=4', 'E2VPT P=3 KV=2', 'CVPT P=4', 'CVPT wide', 'Linear probing']
-    models = share_tool.by_model(rows)
+    models = attention.by_model(rows)
     assert list(models) == labels
     for name, label in zip(names, labels):
         model_rows = models[label]
@@ -290,8 +281,37 @@ def test_attention_share_tool_equals_the_plain_restatement(tuned, tiny_vtab, tmp
             assert all(r['log_num_prompts'] == pytest.approx(math.log(P)) for r in model_rows)
             assert all(0 < r['ca_entropy'] < math.log(P) for r in model_rows)
     assert min(r['share_kv'] for r in models['E2VPT P=3 KV=2']) > 1e-3
-    assert share_tool.figure_pixels(rows) == (1000, 700)
+    # 2 x 2 panels of 5 x 3.5 inches at 100 dpi: the CVPT rows add the CA panels
     assert_png(out / 'attention_share.png', (1000, 700))
+
+
+def test_measure_models_labels_and_rows(tuned, tmp_path):
+    """The rows the tool writes, as data: every model's rows with its label, config and
+    checkpoint; colliding default labels get the checkpoint's name, then a number."""
+    config, checkpoint, _ = tuned['vpt']
+    copy = str(tmp_path / 'other.pth')
+    with open(checkpoint, 'rb') as f, open(copy, 'wb') as g:
+        g.write(f.read())
+    specs = [(config, checkpoint, None), (config, copy, None), (*tuned['linear'][:2], 'mine')]
+    rows = attention.measure_models(specs, num_images=2, batch_size=2)
+    models = attention.by_model(rows)
+    assert list(models) == ['VPT-deep P=4 (vpt)', 'VPT-deep P=4 (other)', 'mine']
+    assert {r['checkpoint'] for r in models['VPT-deep P=4 (other)']} == {copy}
+    for label, model_rows in models.items():
+        assert len(model_rows) == 4 * len(GROUPS)
+        assert {r['num_images'] for r in model_rows} == {2}
+    # the same model twice measures the same
+    for a, b in zip(models['VPT-deep P=4 (vpt)'], models['VPT-deep P=4 (other)']):
+        assert a['share_prompt'] == pytest.approx(b['share_prompt'], abs=1e-6)
+    assert attention.unique_labels([('x', 'd', 'a.pth'), ('x', 'd', 'b.pth')]) == ['x', 'x #2']
+    with pytest.raises(attention.AnalysisError, match="checkpoint file '/nowhere.pth' does not exist"):
+        attention.measure_models([(config, '/nowhere.pth', None)])
+    # the CSV round trip
+    attention.write_share_csv(rows, tmp_path / 'rows.csv')
+    read = attention.read_share_csv(tmp_path / 'rows.csv')
+    assert [(r['model'], r['block'], r['query_group']) for r in read] == [
+        (r['model'], r['block'], r['query_group']) for r in rows]
+    assert [r['share_image'] for r in read] == pytest.approx([r['share_image'] for r in rows])
 
 
 @pytest.mark.parametrize('prompt', [
@@ -304,7 +324,7 @@ def test_attention_share_tool_equals_the_plain_restatement(tuned, tiny_vtab, tmp
 def test_compute_shares_in_process(prompt, sharp_backbone):
     backbone = tiny_backbone(sharp_backbone, prompt, seed=3)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    rows = share_tool.compute_shares(backbone, [images[:2], images[2:]])
+    rows = attention.compute_shares(backbone, [images[:2], images[2:]])
     assert len(rows) == 4 * len(GROUPS)
     for row in rows:
         assert sum(row[s] for s in SHARES) == pytest.approx(1, abs=1e-5)
@@ -312,7 +332,7 @@ def test_compute_shares_in_process(prompt, sharp_backbone):
     if prompt is None or not (prompt.get('num_tokens') or prompt.get('num_kv_tokens')):
         assert all(r['share_prompt'] == 0 and r['share_kv'] == 0 for r in rows)
         # P = 0 is the frozen backbone: the same shares as without a method
-        plain = share_tool.compute_shares(tiny_backbone(sharp_backbone, None), [images])
+        plain = attention.compute_shares(tiny_backbone(sharp_backbone, None), [images])
         for row, expected in zip(rows, plain):
             for name in SHARES:
                 assert row[name] == pytest.approx(expected[name], abs=1e-6)
@@ -328,7 +348,7 @@ def test_neutral_method_computes_the_plain_timm_blocks(sharp_backbone):
     with torch.no_grad(), probe_attention(lambda kind, record: seen.append(kind)):
         plain = backbone(images)[0]
         assert seen == []  # prompt=None runs timm's own blocks: nothing to probe
-        with share_tool.swap_prompt(backbone, share_tool.neutral_method(backbone)):
+        with attention.swap_prompt(backbone, attention.neutral_method(backbone)):
             neutral = backbone(images)[0]
     assert seen == ['self'] * 4
     assert backbone.prompt is None
@@ -339,9 +359,9 @@ def test_swin_is_refused_in_one_line():
     swin = PromptedSwin(arch='swin_tiny_patch4_window7_224', img_size=32,
                         arch_cfg=dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4),
                         prompt=dict(type='mmvpt.VPT', num_tokens=2))
-    with pytest.raises(share_tool.AnalysisError,
+    with pytest.raises(attention.AnalysisError,
                        match='^PromptedSwin: window attention shares are not supported'):
-        share_tool.compute_shares(swin, [torch.zeros(1, 3, 32, 32)])
+        attention.compute_shares(swin, [torch.zeros(1, 3, 32, 32)])
 
 
 # -- visualize_attention.py ------------------------------------------------------------------
@@ -351,7 +371,7 @@ def test_prompted_and_frozen_maps(sharp_backbone):
     maps = {}
     for name in ('vpt', 'cvpt', 'linear'):
         backbone = tiny_backbone(sharp_backbone, MODELS_UNDER_TEST[name][0], seed=5)
-        maps[name] = vis_tool.attention_maps(backbone, images, blocks)
+        maps[name] = attention.attention_maps(backbone, images, blocks)
         assert maps[name]['grid'] == (4, 4) and maps[name]['reinforced'] == {}
         for kind in ('prompted', 'frozen'):
             for block in blocks:
@@ -380,7 +400,7 @@ def test_prompted_and_frozen_maps(sharp_backbone):
 def test_ivpt_reinforces_the_tokens_the_cls_map_ranks_first(sharp_backbone):
     backbone = tiny_backbone(sharp_backbone, MODELS_UNDER_TEST['ivpt'][0], seed=6)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    maps = vis_tool.attention_maps(backbone, images, [0, 1, 2, 3])
+    maps = attention.attention_maps(backbone, images, [0, 1, 2, 3])
     assert sorted(maps['reinforced']) == [0, 1, 2]  # AR after every block but the last
     for layer, indices in maps['reinforced'].items():
         ranked = maps['prompted'][layer][0].flatten(1).topk(2, dim=1).indices
@@ -394,15 +414,35 @@ def test_visualize_attention_tool_writes_one_png_per_image(tuned, tiny_vtab, tmp
     out = tmp_path / 'ivpt'
     run_tool('analysis/visualize_attention.py', config, checkpoint, *paths, '--out', str(out),
              '--blocks', '-1', '1', '--device', 'cpu')
-    expected = vis_tool.figure_pixels(2, ivpt=True)
-    assert expected == (960, 480)
+    # iVPT: four columns (input, with, without, AR) of 2.4 inches, a row per block, 100 dpi
     for path in paths:
-        assert_png(out / (osp.splitext(osp.basename(path))[0] + '.png'), expected)
-    # in-process, a VPT model with the default block: three columns, one row
+        assert_png(out / (osp.splitext(osp.basename(path))[0] + '.png'), (960, 480))
+    # a VPT model with the default block: three columns, one row; an image given twice
+    # gets a numbered second name
     config, checkpoint, _ = tuned['vpt']
-    written = vis_tool.main([config, checkpoint, paths[0], paths[0], '--out',
-                             str(tmp_path / 'vpt'), '--device', 'cpu'])
+    proc = run_tool('analysis/visualize_attention.py', config, checkpoint, paths[0], paths[0],
+                    '--out', str(tmp_path / 'vpt'), '--device', 'cpu')
+    written = [line[len('wrote '):] for line in proc.stdout.splitlines() if line.startswith('wrote ')]
     assert [osp.basename(p) for p in written] == ['000000.png', '000000_2.png']
+    assert sorted(os.listdir(tmp_path / 'vpt')) == ['000000.png', '000000_2.png']
     for path in written:
-        assert_png(path, vis_tool.figure_pixels(1, ivpt=False))
-    assert vis_tool.figure_pixels(1, ivpt=False) == (720, 240)
+        assert_png(path, (720, 240))
+
+
+def test_cls_maps_of_the_preprocessed_images(tuned, tiny_vtab):
+    """preprocess_images feeds the maps what the config's test pipeline makes of a file."""
+    from mmvpt.apis.inference import load_model, preprocess_images
+    config, checkpoint, _ = tuned['vpt']
+    with open(osp.join(tiny_vtab, 'test.txt')) as f:
+        path = osp.join(tiny_vtab, f.readline().split()[0])
+    model, cfg = load_model(config, checkpoint)
+    (inputs, picture), = preprocess_images(cfg, model, [path])
+    assert inputs.shape == (1, 3, 32, 32) and picture.shape == (32, 32, 3)
+    np_image = np.asarray(Image.open(path).convert('RGB'))
+    assert np.abs(picture.astype(int) - np_image.astype(int)).max() <= 1  # the un-normalised input
+    blocks = attention.resolve_blocks([-1, 1], model.backbone.num_layers)
+    assert blocks == [3, 1]
+    maps = attention.attention_maps(model, inputs, blocks)
+    assert sorted(maps['prompted']) == [1, 3] and maps['grid'] == (4, 4)
+    with pytest.raises(attention.AnalysisError, match='--blocks 4: the backbone has 4 blocks'):
+        attention.resolve_blocks([4], 4)

@@ -1,8 +1,9 @@
-"""tools/infer.py on tuned-only checkpoints of a tiny CVPT classifier and a tiny CVPT SETR:
-its top-k scores and label maps equal what the model gives by other routes (mmengine's
-load_checkpoint + the config's test pipeline; mmseg's init_model + inference_model), class
-names come from the dataset, folders and patterns expand to the expected files, outputs are
-images of the input's size, and bad inputs stop it with one line naming them."""
+"""tools/infer.py and mmvpt.apis.inference.infer_images on tuned-only checkpoints of a tiny
+CVPT classifier and a tiny CVPT SETR: its top-k scores and label maps equal what the model
+gives by other routes (mmengine's load_checkpoint + the config's test pipeline; mmseg's
+init_model + inference_model), class names come from the dataset, folders and patterns
+expand to the expected files, outputs are images of the input's size, and bad inputs stop
+it with one line naming them."""
 import json
 import os
 import os.path as osp
@@ -15,12 +16,13 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from PIL import Image
 
-from mmvpt.models.utils.tuned_state import describe_prompts, tuned_state_keys
+from mmvpt.apis.inference import InputError, expand_inputs, infer_images, output_names
 from mmvpt.testing import synthetic_image, write_random_vit
+from mmvpt.utils.tuned_checkpoint import load_tuned_checkpoint, save_tuned_checkpoint
 
 from .conftest import pretrained_line, run_tool
 from .test_loading import build, scores_of, write_cvpt_config
-from .test_seg import SEG_ARCH, load_tool, write_tiny_config
+from .test_seg import SEG_ARCH, write_tiny_config
 
 CLASSES = ['ring', 'square', 'stripe', 'dot']
 
@@ -35,15 +37,11 @@ def save_tuned_only(model, path, dataset_meta, seed=0, scale=0.1):
         for _, p in sorted(model.named_parameters()):
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=gen) * scale)
-    state = model.state_dict()
-    keys = tuned_state_keys(model)
-    tuned = type(state)((k, v) for k, v in state.items() if k in keys)
-    tuned._metadata = state._metadata
+    save_tuned_checkpoint(path, model, meta=None if dataset_meta is None else dict(
+        dataset_meta=dataset_meta))
+    tuned, _ = load_tuned_checkpoint(path)
     assert not any(k.startswith('backbone.vit.') for k in tuned)
-    meta = dict(mmvpt=dict(tuned_only=True, prompts=describe_prompts(model)))
-    if dataset_meta is not None:
-        meta['dataset_meta'] = dataset_meta
-    torch.save(dict(meta=meta, state_dict=tuned), path)
+    assert tuned._metadata  # the pretrained backbone it was tuned on is recorded
     return str(path)
 
 
@@ -58,11 +56,6 @@ def write_images(root, specs):
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths
-
-
-@pytest.fixture(scope='module')
-def infer():
-    return load_tool('infer')
 
 
 # -- classification ----------------------------------------------------------------------------
@@ -114,18 +107,17 @@ def test_classification_tool_topk_equals_the_models_scores(classifier, tmp_path)
     assert '5/5' in proc.stderr  # the progress bar counted the images
 
 
-def test_class_names_from_the_config_else_the_checkpoint_else_the_index(classifier, infer,
-                                                                         tmp_path):
+def test_class_names_from_the_config_else_the_checkpoint_else_the_index(classifier, tmp_path):
     config, with_meta, without_meta, images = classifier
     image = str(images / 'c.bmp')
     names = ['w', 'x', 'y', 'z']
-    set_names = ['--cfg-options', 'test_dataloader.dataset.classes=' + ','.join(names)]
-    for checkpoint, options, want_names in ((without_meta, [], ['0', '1', '2', '3']),
+    set_names = {'test_dataloader.dataset.classes': names}
+    for checkpoint, options, want_names in ((without_meta, None, ['0', '1', '2', '3']),
                                             (without_meta, set_names, names),
                                             (with_meta, set_names, names)):
         want = expected_scores(config, checkpoint, [image])[0]
-        got = infer.main([config, checkpoint, image, '--topk', '10', '--out-dir',
-                          str(tmp_path / 'out'), '--device', 'cpu', *options])
+        got = infer_images(config, checkpoint, [image], str(tmp_path / 'out'), topk=10,
+                           device='cpu', cfg_options=options)
         order = np.argsort(-want)
         assert [t['index'] for t in got[0]['topk']] == order.tolist()  # all 4, best first
         assert [t['name'] for t in got[0]['topk']] == [want_names[i] for i in order]
@@ -134,12 +126,12 @@ def test_class_names_from_the_config_else_the_checkpoint_else_the_index(classifi
         assert json.loads((tmp_path / 'out' / 'predictions.json').read_text()) == got
 
 
-def test_inputs_expand_to_the_expected_files(infer, tmp_path):
+def test_inputs_expand_to_the_expected_files(tmp_path):
     root = tmp_path / 'in'
     write_images(str(root), {'d/b.png': (8, 8), 'd/a.jpg': (8, 8), 'd/e/c.JPG': (8, 8),
                              'd/out/labels/old.png': (8, 8), 'f.png': (8, 8)})
     (root / 'd' / 'readme.md').write_text('x')
-    expand = infer.expand_inputs
+    expand = expand_inputs
     d = str(root / 'd')
     assert expand([d]) == [f'{d}/a.jpg', f'{d}/b.png', f'{d}/e/c.JPG', f'{d}/out/labels/old.png']
     # the tool's own output folders are not read back from a folder or a pattern
@@ -152,13 +144,13 @@ def test_inputs_expand_to_the_expected_files(infer, tmp_path):
     assert expand([f'{root}/f.png', str(root)]) == [f'{root}/f.png', f'{d}/a.jpg', f'{d}/b.png',
                                                      f'{d}/e/c.JPG', f'{d}/out/labels/old.png']
     # names of the outputs: relative to the common folder, apart where they would collide
-    assert infer.output_names([f'{d}/a.jpg', f'{d}/e/c.JPG', f'{root}/f.png', f'{root}/f.jpg']) == [
+    assert output_names([f'{d}/a.jpg', f'{d}/e/c.JPG', f'{root}/f.png', f'{root}/f.jpg']) == [
         'd/a', 'd/e/c', 'f_png', 'f_jpg']
-    assert infer.output_names([f'{d}/b.png']) == ['b']
+    assert output_names([f'{d}/b.png']) == ['b']
 
 
 @pytest.mark.parametrize('case', ['missing', 'pattern', 'empty_folder', 'text', 'undecodable'])
-def test_bad_inputs_stop_naming_them(classifier, infer, tmp_path, case):
+def test_bad_inputs_stop_naming_them(classifier, tmp_path, case):
     config, checkpoint, _, images = classifier
     bad = {'missing': str(tmp_path / 'nowhere.jpg'), 'pattern': str(tmp_path / '*.tif'),
            'empty_folder': str(tmp_path / 'empty'), 'text': str(tmp_path / 'fake.jpg'),
@@ -171,11 +163,11 @@ def test_bad_inputs_stop_naming_them(classifier, infer, tmp_path, case):
     (tmp_path / 'fake.jpg').write_text('plain text\n')
     png = (images / 'b' / 'z.png').read_bytes()
     (tmp_path / 'broken.png').write_bytes(png[:len(png) // 3])  # a PNG signature, cut short
-    with pytest.raises(SystemExit) as err:
-        infer.main([config, checkpoint, str(images / 'c.bmp'), bad, '--out-dir',
-                    str(tmp_path / 'out'), '--device', 'cpu'])
-    assert err.value.code.startswith(f'mmvpt: {bad}: {message}')
-    assert '\n' not in err.value.code
+    with pytest.raises(InputError) as err:
+        infer_images(config, checkpoint, [str(images / 'c.bmp'), bad], str(tmp_path / 'out'),
+                     device='cpu')
+    assert str(err.value).startswith(f'{bad}: {message}')
+    assert '\n' not in str(err.value)
     assert not osp.exists(tmp_path / 'out' / 'predictions.json')
 
 
@@ -243,13 +235,13 @@ def test_segmentation_tool_labels_equal_mmseg_inference(segmenter, tmp_path):
         assert open(path, 'rb').read() == raw  # inputs untouched
 
 
-def test_outputs_never_replace_an_input(segmenter, infer, tmp_path):
+def test_outputs_never_replace_an_input(segmenter, tmp_path):
     config, checkpoint, images = segmenter
     target = tmp_path / 'labels' / 'x.png'  # where --out-dir tmp_path puts x's labels
     os.makedirs(target.parent)
     target.write_bytes(open(images[2], 'rb').read())
     raw = target.read_bytes()
-    with pytest.raises(SystemExit) as err:
-        infer.main([config, checkpoint, str(target), '--out-dir', str(tmp_path)])
-    assert err.value.code.startswith(f'mmvpt: {target}: is an input image and would be overwritten')
+    with pytest.raises(InputError) as err:
+        infer_images(config, checkpoint, [str(target)], str(tmp_path))
+    assert str(err.value).startswith(f'{target}: is an input image and would be overwritten')
     assert target.read_bytes() == raw

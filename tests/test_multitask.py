@@ -9,7 +9,7 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mmvpt.apis import MultiTaskModel
-from mmvpt.models.utils.tuned_state import describe_prompts, tuned_state_keys
+from mmvpt.utils.tuned_checkpoint import save_tuned_checkpoint
 from mmvpt.models.utils.vit_checkpoint import CheckpointMismatchError
 from .conftest import DEMO_CONFIG, pretrained_line
 
@@ -70,14 +70,14 @@ def train_task(config, out, seed, prune=None):
         for mask in (method.token_mask, method.segment_mask):
             prunable = mask[method.prunable_layers]
             prunable.copy_((torch.rand(prunable.shape, generator=generator) > prune).float())
-    state = model.state_dict()
-    keys = tuned_state_keys(model)
-    tuned = type(state)((k, v) for k, v in state.items() if k in keys)
-    tuned._metadata = state._metadata
-    meta = dict(mmvpt=dict(tuned_only=True, prompts=describe_prompts(model)), cfg=cfg.pretty_text,
-                dataset_meta=dict(classes=[f'c{i}' for i in range(cfg.model.head.num_classes)]))
-    torch.save(dict(state_dict=tuned, meta=meta), out)
+    save_tuned_checkpoint(out, model, meta=dict(
+        cfg=cfg.pretty_text, dataset_meta=dict(classes=[f'c{i}' for i in range(cfg.model.head.num_classes)])))
     return str(out)
+
+
+def held_elements(module):
+    """Elements of the distinct tensors a module holds (parameters and buffers)."""
+    return sum({t.data_ptr(): t.numel() for t in (*module.parameters(), *module.buffers())}.values())
 
 
 def own_scores(config, checkpoint, images):
@@ -166,10 +166,11 @@ def test_stacked_state_and_memory(tmp_path, demo_backbone):
     assert method.num_tasks == 3
     assert method.prompts.shape == (3, 4, 3, 64) and method.aggregation.shape == (3, 3, 3, 3)
     assert not any(p.requires_grad for p in model.parameters())
-    # one backbone: its weights are held once
+    # one backbone: what is not tuned is held once, the tuned tensors once per task
     _, single = build(tasks['task0'][0])
-    assert sum(p.numel() for p in model.backbone.vit.parameters()) == \
-        sum(p.numel() for p in single.backbone.vit.parameters())
+    tuned = sum(v.numel() for k, v in single.state_dict().items() if k.startswith('backbone.prompt.'))
+    assert held_elements(model) == held_elements(single.backbone) + 2 * tuned + \
+        held_elements(model.heads) + held_elements(model.data_preprocessor)
     assert model.classes['task2'] == ['c0', 'c1', 'c2', 'c3']
     with pytest.raises(RuntimeError, match='eval only'):
         model.train()

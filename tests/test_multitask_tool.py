@@ -1,8 +1,7 @@
-"""tools/multitask_test.py: three CVPT tasks trained with tools/train.py on the tiny ViT
-(different class counts, data and normalisation), tested through one MultiTaskModel in
-batches that mix them. Every task's accuracy and every image's scores equal its own
-tools/test.py run; bad --task values stop the tool with one line."""
-import importlib.util
+"""tools/multitask_test.py (mmvpt.apis.multitask_eval): three CVPT tasks trained with
+tools/train.py on the tiny ViT (different class counts, data and normalisation), tested
+through one MultiTaskModel in batches that mix them. Every task's accuracy and every image's
+scores equal its own tools/test.py run; bad --task values stop the tool with one line."""
 import json
 import os.path as osp
 import pickle
@@ -14,7 +13,10 @@ import sys
 import pytest
 import torch
 
-from .conftest import ROOT, pretrained_line, tool_env
+from mmvpt.apis.multitask_eval import MultiTaskTestError, parse_task
+from mmvpt.utils.tuned_checkpoint import save_tuned_checkpoint
+
+from .conftest import DEMO_ARCH, ROOT, pretrained_line, tool_env
 
 # name: (classes, data seed, ring turn, data_preprocessor overrides)
 TASKS = dict(
@@ -124,21 +126,12 @@ def test_each_task_equals_its_own_test_run(trained):
     assert 'images/s in the model' in multi_stdout
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'multitask_tool', osp.join(ROOT, 'tools', 'multitask_test.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_task_spec_splits_at_the_last_colon():
-    tool = load_tool()
-    assert tool.parse_task('dtd=work_dirs/run:2/epoch_1.pth:configs/x.py') == (
+    assert parse_task('dtd=work_dirs/run:2/epoch_1.pth:configs/x.py') == (
         'dtd', 'work_dirs/run:2/epoch_1.pth', 'configs/x.py')
     for bad in ('dtd', 'dtd=a.pth', '=a.pth:x.py', 'dtd=:x.py', 'dtd=a.pth:'):
-        with pytest.raises(tool.UsageError, match='expected NAME=CHECKPOINT:TEST_CONFIG'):
-            tool.parse_task(bad)
+        with pytest.raises(MultiTaskTestError, match='expected NAME=CHECKPOINT:TEST_CONFIG'):
+            parse_task(bad)
 
 
 def one_line_error(result):
@@ -149,20 +142,21 @@ def one_line_error(result):
     return lines[-1]
 
 
-def hand_made_checkpoint(path, method, num_classes):
-    """A tuned-only checkpoint of the tiny ViT's 4 blocks with 4 prompts of ``method``."""
-    torch.save(dict(state_dict={'backbone.prompt.prompts': torch.zeros(4, 4, 64),
-                                'head.fc.weight': torch.zeros(num_classes, 64),
-                                'head.fc.bias': torch.zeros(num_classes)},
-                    meta=dict(mmvpt=dict(tuned_only=True, prompts={'backbone.prompt': method}))),
-               path)
-    return str(path)
+def untrained_checkpoint(path, method, num_classes):
+    """A tuned-only checkpoint of the demo's tiny ViT with 4 prompts of ``method`` (as
+    initialised) and a ``num_classes`` head."""
+    from mmpretrain.models import ImageClassifier
+    model = ImageClassifier(
+        backbone=dict(type='mmvpt.PromptedViT', img_size=32, arch_cfg=DEMO_ARCH,
+                      prompt=dict(type=f'mmvpt.{method}', num_tokens=4)),
+        head=dict(type='mmpretrain.LinearClsHead', num_classes=num_classes, in_channels=64))
+    return save_tuned_checkpoint(path, model)
 
 
 def test_bad_tasks_stop_with_one_line(demo_backbone, tmp_path):
     config = write_task_config(tmp_path / 'rings.py', demo_backbone, str(tmp_path / 'no_data'), 3, {})
-    checkpoint = hand_made_checkpoint(tmp_path / 'rings.pth', 'CVPT', 3)
-    vpt = hand_made_checkpoint(tmp_path / 'vpt.pth', 'VPT', 3)  # another method's
+    checkpoint = untrained_checkpoint(tmp_path / 'rings.pth', 'CVPT', 3)
+    vpt = untrained_checkpoint(tmp_path / 'vpt.pth', 'VPT', 3)  # another method's
     missing = tmp_path / 'nope' / 'epoch_1.pth'
     malformed, absent, other, no_task = run_parallel(
         tmp_path, 'bad',

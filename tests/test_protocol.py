@@ -2,7 +2,6 @@
 config with generated VTAB-format data, re-running after it, --print-only for SLURM, dist
 and FGVC, and the errors."""
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -10,11 +9,14 @@ import re
 import shlex
 import statistics
 import subprocess
+import sys
 
 import pytest
 from mmengine.config import Config
 
-from .conftest import DEMO_CONFIG, ROOT, run_tool
+from mmvpt.utils.protocol_results import best_run, last_validation
+
+from .conftest import DEMO_CONFIG, ROOT, run_tool, tool_env
 
 TINY_CONFIG = """
 _base_ = [{base!r}]
@@ -39,17 +41,6 @@ test_dataloader = dict(batch_size=32, num_workers=0, persistent_workers=False,
 """
 GRID_AND_SEEDS = ['--lrs', '0.01', '0.001', '--wds', '0', '--seeds', '42', '44']
 TUNED_LINE = re.compile(r'tuned parameters: ([\d,]+) of ([\d,]+) \(([\d.]+)%\)')
-
-
-def load_protocol_tool():
-    spec = importlib.util.spec_from_file_location('mmvpt_protocol_tool',
-                                                  osp.join(ROOT, 'tools/protocol.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = load_protocol_tool()
 
 
 @pytest.fixture(scope='module')
@@ -142,6 +133,9 @@ def test_final_stage_tests_every_seed_and_summarises(protocol_run):
     assert summary['std'] == pytest.approx(statistics.stdev(accuracies.values()))
     assert (summary['lr'], summary['wd']) == (grid['best']['lr'], grid['best']['wd'])
     assert (summary['method'], summary['benchmark'], summary['task']) == ('cvpt', 'vtab', 'cifar')
+    # the method and its P, as the runs were configured (the report needs no saved config)
+    assert (summary['method_name'], summary['prompt_type'], summary['num_tokens']) == (
+        'CVPT', 'mmvpt.CVPT', 2)
 
 
 def test_tuned_parameters_come_from_the_training_log(protocol_run):
@@ -156,14 +150,13 @@ def test_tuned_parameters_come_from_the_training_log(protocol_run):
     assert 0 < summary['tuned_params'] < summary['total_params']
 
 
-def test_rerun_skips_finished_runs(protocol_run, tiny_config, capsys):
+def test_rerun_skips_finished_runs(protocol_run, tiny_config):
     work_dir, _ = protocol_run
     files_before = {path: os.stat(path).st_mtime_ns
                     for path in glob.glob(osp.join(work_dir, '**', '*'), recursive=True)
                     if not path.endswith('summary.json')}
     summary_before = read_json(osp.join(work_dir, 'final', 'summary.json'))
-    protocol.main([tiny_config, '--work-dir', work_dir, *GRID_AND_SEEDS])
-    out = capsys.readouterr().out
+    out = run_tool('protocol.py', tiny_config, '--work-dir', work_dir, *GRID_AND_SEEDS).stdout
     assert out.count('[protocol] skip') == 4  # 2 grid runs, 2 seeds
     assert 'tools/train.py' not in out and 'tools/test.py' not in out
     files_after = {path: os.stat(path).st_mtime_ns
@@ -177,12 +170,11 @@ def commands(out):
     return [line for line in out.splitlines() if line and not line.startswith('#')]
 
 
-def test_print_only_slurm(tiny_config, tmp_path, capsys):
+def test_print_only_slurm(tiny_config, tmp_path):
     work_dir = str(tmp_path / 'never_written')
-    protocol.main([tiny_config, '--work-dir', work_dir, *GRID_AND_SEEDS, '--print-only',
-                   '--launcher', 'slurm', '--partition', 'gpu', '--gpus', '4',
-                   '--job-name', 'tiny'])
-    out = capsys.readouterr().out
+    out = run_tool('protocol.py', tiny_config, '--work-dir', work_dir, *GRID_AND_SEEDS,
+                   '--print-only', '--launcher', 'slurm', '--partition', 'gpu', '--gpus', '4',
+                   '--job-name', 'tiny').stdout
     assert not osp.exists(work_dir)
     lines = commands(out)
     assert len(lines) == 6  # 2 grid trainings, 2 x (final training + test)
@@ -207,10 +199,9 @@ def test_print_only_slurm(tiny_config, tmp_path, capsys):
     assert 'randomness.seed=44' in lines[4]
 
 
-def test_print_only_fgvc_default_grid_and_dist_final(capsys):
+def test_print_only_fgvc_default_grid_and_dist_final():
     config = osp.join(ROOT, 'configs/vpt/vit-b16_fgvc-cub.py')  # batch 64; no data needed
-    protocol.main([config, '--print-only', '--stage', 'grid'])
-    lines = commands(capsys.readouterr().out)
+    lines = commands(run_tool('protocol.py', config, '--print-only', '--stage', 'grid').stdout)
     assert len(lines) == 40
     lrs = [float(re.search(r'optimizer\.lr=(\S+)', line).group(1)) for line in lines]
     wds = [float(re.search(r'weight_decay=(\S+)', line).group(1)) for line in lines]
@@ -221,9 +212,9 @@ def test_print_only_fgvc_default_grid_and_dist_final(capsys):
     assert all('val_dataloader.dataset.split=val ' in line for line in lines)
     assert 'work_dirs/protocol/vpt/vit-b16_fgvc-cub/grid/lr12.5_wd0.01' in lines[0]
 
-    protocol.main([config, '--print-only', '--stage', 'final', '--lr', '0.1', '--wd', '0.001',
-                   '--seeds', '42', '--launcher', 'dist', '--gpus', '2'])
-    train, test = commands(capsys.readouterr().out)
+    train, test = commands(run_tool(
+        'protocol.py', config, '--print-only', '--stage', 'final', '--lr', '0.1', '--wd', '0.001',
+        '--seeds', '42', '--launcher', 'dist', '--gpus', '2').stdout)
     assert re.search(r'dist_train\.sh \S+vit-b16_fgvc-cub\.py 2 ', train)
     assert 'train_dataloader.dataset.split=trainval ' in train
     assert 'optim_wrapper.optimizer.lr=0.1 ' in train
@@ -233,8 +224,9 @@ def test_print_only_fgvc_default_grid_and_dist_final(capsys):
     assert 'test_dataloader.dataset.split=test' in test
 
     # the default grid is for the total batch: 2 processes x 64
-    protocol.main([config, '--print-only', '--stage', 'grid', '--launcher', 'dist', '--gpus', '2'])
-    assert 'optim_wrapper.optimizer.lr=25.0 ' in commands(capsys.readouterr().out)[0]
+    out = run_tool('protocol.py', config, '--print-only', '--stage', 'grid', '--launcher', 'dist',
+                   '--gpus', '2').stdout
+    assert 'optim_wrapper.optimizer.lr=25.0 ' in commands(out)[0]
 
 
 def test_non_benchmark_config_fails_clearly():
@@ -245,26 +237,54 @@ def test_non_benchmark_config_fails_clearly():
     assert 'Traceback' not in proc.stderr
 
 
-def test_failed_training_names_command_and_work_dir(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(protocol.subprocess, 'run',
-                        lambda argv, **kwargs: subprocess.CompletedProcess(argv, 3))
-    with pytest.raises(protocol.ProtocolError) as error:
-        protocol.main([tiny_config, '--work-dir', str(tmp_path), *GRID_AND_SEEDS])
-    message = str(error.value)
+def one_line_error(proc):
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith('protocol.py: error: ') and proc.stderr.count('\n') == 1
+    return proc.stderr
+
+
+def run_failure(proc):
+    """The protocol's error after a failed run (whose own output comes before it)."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    return proc.stderr[proc.stderr.index('protocol.py: error: '):]
+
+
+def test_failed_training_names_command_and_work_dir(tiny_config, tmp_path):
+    # a python for the launcher's workers that fails with status 3 (and passes
+    # find_python.sh's check of the modules by running the real one)
+    fake = tmp_path / 'python'
+    fake.write_text('#!/bin/bash\nfor arg; do case $arg in */train.py) exit 3;; esac; done\n'
+                    f'exec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    env = dict(tool_env(), PYTHON=str(fake))
+    work_dir = tmp_path / 'dist'
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools/protocol.py'), tiny_config,
+                           '--work-dir', str(work_dir), *GRID_AND_SEEDS, '--launcher', 'dist'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    message = run_failure(proc)
     assert 'grid run lr0.01_wd0 failed (exit 3)' in message
-    assert f'work dir {tmp_path / "grid" / "lr0.01_wd0"}' in message
+    assert f'work dir {work_dir / "grid" / "lr0.01_wd0"}' in message
+    assert 'tools/dist_train.sh' in message and 'optim_wrapper.optimizer.lr=0.01' in message
+    # a run that fails by itself, with the local launcher: its log is named
+    proc = run_tool('protocol.py', tiny_config, '--work-dir', str(tmp_path / 'local'),
+                    *GRID_AND_SEEDS, '--cfg-options', 'model.backbone.type=mmvpt.NoSuchViT',
+                    check=False)
+    message = run_failure(proc)
+    assert 'grid run lr0.01_wd0 failed (exit 1)' in message
     assert 'tools/train.py' in message and 'optim_wrapper.optimizer.lr=0.01' in message
+    assert "model.backbone.type='mmvpt.NoSuchViT'" in proc.stdout + proc.stderr
 
 
 def test_final_stage_without_lr_fails_clearly(tiny_config, tmp_path):
-    with pytest.raises(protocol.ProtocolError, match='run the grid first .* or pass --lr and --wd'):
-        protocol.main([tiny_config, '--work-dir', str(tmp_path), '--stage', 'final'])
+    proc = run_tool('protocol.py', tiny_config, '--work-dir', str(tmp_path), '--stage', 'final',
+                    check=False)
+    assert re.search('run the grid first .* or pass --lr and --wd', one_line_error(proc))
 
 
 def test_protocol_keys_cannot_be_overridden(tiny_config, tmp_path):
-    with pytest.raises(protocol.ProtocolError, match='randomness.seed: set by the protocol'):
-        protocol.main([tiny_config, '--work-dir', str(tmp_path), '--print-only',
-                       '--cfg-options', 'randomness.seed=3'])
+    proc = run_tool('protocol.py', tiny_config, '--work-dir', str(tmp_path), '--print-only',
+                    '--cfg-options', 'randomness.seed=3', check=False)
+    assert 'randomness.seed: set by the protocol' in one_line_error(proc)
 
 
 def test_last_validation_and_best_run(tmp_path):
@@ -276,7 +296,7 @@ def test_last_validation_and_best_run(tmp_path):
         os.makedirs(launch / 'vis_data')
         (launch / 'vis_data' / 'scalars.json').write_text(
             ''.join(json.dumps(line) + '\n' for line in lines))
-    score, step, _ = protocol.last_validation(str(tmp_path))
+    score, step, _ = last_validation(str(tmp_path))
     assert (score, step) == (70.0, 2)
     runs = [dict(lr=1, score=50.), dict(lr=2, score=70.), dict(lr=3, score=70.)]
-    assert protocol.best_run(runs)['lr'] == 2  # ties go to the first in grid order
+    assert best_run(runs)['lr'] == 2  # ties go to the first in grid order

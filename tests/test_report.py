@@ -1,9 +1,10 @@
-"""tools/analysis/report.py on hand-written final/summary.json files: group means, group
-mean, plain mean, tuned %, '-' for missing tasks, the CSV at full precision, a row per
-prompt count P (read from the saved configs) and the --plot figure."""
+"""mmvpt.analysis.report and tools/analysis/report.py on hand-written final/summary.json
+files: group means, group mean, plain mean, tuned %, '-' for missing tasks, the CSV at full
+precision, a row per prompt count P (recorded in the summaries, or read from the saved
+configs of summaries that do not record it) and the --plot figure."""
 import csv
 import functools
-import importlib.util
+import glob
 import json
 import os
 import os.path as osp
@@ -12,6 +13,10 @@ import subprocess
 import sys
 
 import pytest
+
+from mmvpt.analysis import report
+from mmvpt.utils.protocol_results import (find_summaries, final_summary, method_record,
+                                          prompt_count, read_summary)
 
 from .conftest import ROOT, run_tool
 
@@ -42,23 +47,13 @@ CVPT_FGVC = dict(cub=90, nabirds=85, flowers=99.5, dogs=81)
 CVPT_FGVC_TUNED = dict(cub=0.1, nabirds=0.2, flowers=0.3, dogs=0.6)
 
 
-def load_report_tool():
-    spec = importlib.util.spec_from_file_location(
-        'mmvpt_report_tool', osp.join(ROOT, 'tools/analysis/report.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = load_report_tool()
-
-
 def write_summary(root, method, benchmark, task, mean, tuned_percent, folder_task=None,
-                  saved=None):
-    """A final/summary.json as tools/protocol.py writes it, in its default layout. ``saved``:
-    the text of a config to leave in each final seed run, as MMEngine's runner does
-    (Runner.dump_config: ``<run dir>/<config file name>``, the --cfg-options merged in);
-    none if None."""
+                  saved=None, record=None):
+    """A final/summary.json as tools/protocol.py wrote it before it recorded the method and
+    P, in its default layout; ``record``: what it records now (method_name, prompt_type,
+    num_tokens), added. ``saved``: the text of a config to leave in each final seed run, as
+    MMEngine's runner does (Runner.dump_config: ``<run dir>/<config file name>``, the
+    --cfg-options merged in); none if None."""
     folder = osp.join(root, method, f'vit-b16_{benchmark}-{folder_task or task}', 'final')
     os.makedirs(folder, exist_ok=True)
     accuracies = {'42': mean - 1, '44': mean + 1}  # their mean is ``mean``
@@ -66,7 +61,8 @@ def write_summary(root, method, benchmark, task, mean, tuned_percent, folder_tas
     summary = dict(config=config, method=method,
                    benchmark=benchmark, task=task, lr=0.1, wd=0.0, seeds=[42, 44],
                    test_accuracy=accuracies, mean=float(mean), std=1.4142135623730951,
-                   tuned_params=100, total_params=10000, tuned_percent=tuned_percent)
+                   tuned_params=100, total_params=10000, tuned_percent=tuned_percent,
+                   **(record or {}))
     with open(osp.join(folder, 'summary.json'), 'w') as f:
         json.dump(summary, f)
     if saved is not None:
@@ -94,6 +90,22 @@ def results_dir(tmp_path_factory):
     with open(osp.join(root, 'vpt', 'vit-b16_vtab-cifar', 'grid', 'summary.json'), 'w') as f:
         json.dump(dict(benchmark='vtab', method='vpt', task='cifar', mean=0.), f)
     return root
+
+
+def report_of(*work_dirs, csv_path=None):
+    """(markdown, csv rows) of the summaries under ``work_dirs``; the CSV written to
+    ``csv_path`` if given."""
+    markdown, csv_rows = report.build_report(report.load_results(find_summaries(work_dirs)))
+    if csv_path is not None:
+        report.write_report_csv(csv_path, csv_rows)
+    return markdown, csv_rows
+
+
+def table_data(*work_dirs):
+    """{benchmark: {row label: {column: value}}} of the report's tables."""
+    results = report.load_results(find_summaries(work_dirs))
+    return {spec['benchmark']: {report.row_label(key): row for key, row in rows}
+            for spec, rows in report.report_tables(results)}
 
 
 def table_rows(markdown, title):
@@ -199,12 +211,21 @@ def check_csv(path):
     assert rows['fgvc', 'vpt']['cifar'] == ''
 
 
-def test_report_as_a_function(results_dir, tmp_path, capsys):
+def test_report_as_a_function(results_dir, tmp_path):
     csv_path = str(tmp_path / 'results.csv')
-    markdown, _ = report.main([results_dir, '--csv', csv_path])
-    assert capsys.readouterr().out == markdown
+    markdown, _ = report_of(results_dir, csv_path=csv_path)
     check_tables(markdown)
     check_csv(csv_path)
+    # the numbers behind the tables
+    data = table_data(results_dir)
+    assert list(data) == ['vtab', 'fgvc']
+    assert list(data['vtab']) == ['VPT-deep', 'CVPT'] and list(data['fgvc']) == ['VPT-deep', 'CVPT']
+    vpt, cvpt = data['vtab']['VPT-deep'], data['vtab']['CVPT']
+    assert [vpt[t] for t in VTAB_ORDER] == [VPT_VTAB[t] for t in VTAB_ORDER]
+    assert vpt['group_mean'] == 209.5 / 3 and vpt['mean'] == 1271 / 19
+    assert cvpt['cifar'] == 60 and cvpt['diabetic_retinopathy'] is None
+    assert cvpt['specialized'] is cvpt['group_mean'] is cvpt['mean'] is None
+    assert data['fgvc']['VPT-deep']['mean'] == 87.0 and data['fgvc']['CVPT']['cars'] is None
 
 
 def test_report_as_a_script(results_dir, tmp_path):
@@ -217,6 +238,11 @@ def test_report_as_a_script(results_dir, tmp_path):
     check_tables(proc.stdout)
     check_csv(csv_path)
     assert png_size(png_path) == FIXTURE_PNG_SIZE
+    # --plot leaves the Markdown and the CSV as they are without it
+    markdown, csv_rows = report_of(results_dir, csv_path=str(tmp_path / 'plain.csv'))
+    assert proc.stdout == markdown
+    with open(csv_path) as f, open(tmp_path / 'plain.csv') as g:
+        assert f.read() == g.read()
 
 
 def test_complete_table_has_no_missing_note():
@@ -231,12 +257,21 @@ def test_complete_table_has_no_missing_note():
 def test_same_result_twice_is_an_error(results_dir, tmp_path):
     write_summary(str(tmp_path), 'vpt', 'vtab', 'dtd', 50., 0.1)
     with pytest.raises(report.ReportError, match='two results for vpt on vtab dtd'):
-        report.main([results_dir, str(tmp_path)])
+        report_of(results_dir, str(tmp_path))
 
 
-def test_no_results_is_an_error(tmp_path):
-    with pytest.raises(report.ReportError, match='no final/summary.json'):
-        report.main([str(tmp_path)])
+def test_command_line_errors_are_one_line(results_dir, tmp_path):
+    for args, message in (([str(tmp_path)], 'no final/summary.json'),
+                          ([results_dir, '--plot', str(tmp_path / 'nowhere' / 'report.png')],
+                           'its folder does not exist'),
+                          ([str(tmp_path / 'absent')], 'absent is not a folder')):
+        proc = run_tool('analysis/report.py', *args, check=False)
+        assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+        assert proc.stderr.startswith('report.py: error: ') and message in proc.stderr
+    # the figure is a PNG
+    proc = run_tool('analysis/report.py', results_dir, '--plot', str(tmp_path / 'report.pdf'),
+                    check=False)
+    assert proc.returncode == 2 and '--plot' in proc.stderr and 'FILE.png' in proc.stderr
 
 
 # ------------------------------------------------------------------------ prompt counts P
@@ -301,24 +336,37 @@ def test_prompt_count_from_the_saved_config(tmp_path):
     summary_path = str(tmp_path / 'cvpt' / 'vit-b16_vtab-dtd' / 'final' / 'summary.json')
     with open(summary_path) as f:
         summary = json.load(f)
-    assert report.prompt_count(summary_path, summary) is None  # nothing saved
+    assert prompt_count(summary_path, summary) is None  # nothing saved
     seed_dir = tmp_path / 'cvpt' / 'vit-b16_vtab-dtd' / 'final' / 'seed42'
     # the visualizer's copy, in the run's timestamp folder: used when the runner's is missing
     for stamp, tokens in (('20240101_000000', 3), ('20240102_000000', 7)):
         (seed_dir / stamp / 'vis_data').mkdir(parents=True)
         (seed_dir / stamp / 'vis_data' / 'config.py').write_text(
             f'model = dict(backbone=dict(prompt=dict(num_tokens={tokens})))\n')
-    assert report.prompt_count(summary_path, summary) == 7  # the newest
+    assert prompt_count(summary_path, summary) == 7  # the newest
     (seed_dir / 'vit-b16_vtab-dtd.py').write_text(
         'model = dict(backbone=dict(prompt=dict(num_tokens=12, num_kv_tokens=5)))\n')
-    assert report.prompt_count(summary_path, summary) == 12
+    assert prompt_count(summary_path, summary) == 12
     (seed_dir / 'vit-b16_vtab-dtd.py').write_text('model = dict(backbone=dict(type="x"))\n')
-    assert report.prompt_count(summary_path, summary) is None  # no prompt: linear, full
+    assert prompt_count(summary_path, summary) is None  # no prompt: linear, full
+    # a summary that records P needs no saved config, and the name comes with it
+    recorded = dict(summary, method_name='CVPT', prompt_type='mmvpt.CVPT', num_tokens=3)
+    assert prompt_count(summary_path, recorded) == 3
+    with open(summary_path, 'w') as f:
+        json.dump(recorded, f)
+    assert read_summary(summary_path)['num_tokens'] == 3
+    # an old summary: P from the saved config, the name from the method's folder
+    with open(summary_path, 'w') as f:
+        json.dump(summary, f)
+    (seed_dir / 'vit-b16_vtab-dtd.py').write_text(
+        'model = dict(backbone=dict(prompt=dict(num_tokens=5)))\n')
+    old = read_summary(summary_path)
+    assert (old['method_name'], old['num_tokens']) == ('CVPT', 5)
 
 
 def test_a_row_per_prompt_count(sweep_dir, tmp_path):
     csv_path = str(tmp_path / 'sweep.csv')
-    markdown, _ = report.main([sweep_dir, '--csv', csv_path])
+    markdown, _ = report_of(sweep_dir, csv_path=csv_path)
     _, vtab = table_rows(markdown, 'VTAB-1k')
     assert list(vtab) == ['VPT-deep', 'CVPT (P=1)', 'CVPT (P=10)', 'CVPT (P=100)']
     assert vtab['VPT-deep']['Mean'] == '66.9'  # one P: unchanged
@@ -346,7 +394,7 @@ def test_same_result_twice_at_one_prompt_count_is_an_error(sweep_dir, tmp_path):
     write_summary(str(tmp_path), 'cvpt', 'vtab', 'dtd', 50., 0.1,
                   saved=saved_config('configs/cvpt/vit-b16_vtab-cifar.py', 10))
     with pytest.raises(report.ReportError, match='two results for cvpt on vtab dtd with P=10'):
-        report.main([sweep_dir, str(tmp_path)])
+        report_of(sweep_dir, str(tmp_path))
 
 
 def test_one_prompt_count_changes_no_row(results_dir, tmp_path):
@@ -359,10 +407,10 @@ def test_one_prompt_count_changes_no_row(results_dir, tmp_path):
                       CVPT_VTAB_TUNED[task],
                       saved=saved_config('configs/cvpt/vit-b16_vtab-cifar.py', (1, 10, 50)[i % 3]))
     write_saved_fgvc(root)
-    markdown, _ = report.main([root])
-    assert markdown == report.main([results_dir])[0]
+    markdown, _ = report_of(root)
+    assert markdown == report_of(results_dir)[0]
     check_tables(markdown)
-    fig = report.build_figure(report.load_results(report.find_summaries([root])))
+    fig = report.build_figure(report.load_results(find_summaries([root])))
     assert sorted(ax.get_label() for ax in fig.axes) == [
         'fgvc-means', 'fgvc-tasks', 'vtab-means', 'vtab-tasks']
 
@@ -392,7 +440,7 @@ def png_size(path):
 
 
 def figure_of(*work_dirs):
-    return report.build_figure(report.load_results(report.find_summaries(list(work_dirs))))
+    return report.build_figure(report.load_results(find_summaries(list(work_dirs))))
 
 
 def axes_named(fig, label):
@@ -406,16 +454,6 @@ def bar_heights(ax):
     heights = {patch.get_gid(): patch.get_height() for patch in ax.patches}
     assert None not in heights and len(heights) == len(ax.patches)
     return heights
-
-
-def test_plot_leaves_the_markdown_unchanged(results_dir, tmp_path, capsys):
-    plain, plain_csv = report.main([results_dir])
-    plain_out = capsys.readouterr().out
-    png = str(tmp_path / 'report.png')
-    plotted, plotted_csv = report.main([results_dir, '--plot', png])
-    assert capsys.readouterr().out == plain_out == plotted == plain
-    assert plotted_csv == plain_csv
-    assert png_size(png) == FIXTURE_PNG_SIZE
 
 
 def test_figure_bars_are_the_table_numbers(results_dir):
@@ -442,7 +480,7 @@ def test_figure_bars_are_the_table_numbers(results_dir):
         report.HEADERS[task] for task in VTAB_ORDER]
 
 
-def test_accuracy_vs_prompt_count(sweep_dir, tmp_path, capsys):
+def test_accuracy_vs_prompt_count(sweep_dir, tmp_path):
     fig = figure_of(sweep_dir)
     assert tuple(fig.get_size_inches()) == (26.5, 9.0)
     ax = axes_named(fig, 'vtab-prompts')
@@ -462,9 +500,8 @@ def test_accuracy_vs_prompt_count(sweep_dir, tmp_path, capsys):
     assert bar_heights(axes_named(fig, 'fgvc-tasks'))['Linear probing|cub'] == 85
 
     png = str(tmp_path / 'sweep.png')
-    markdown, _ = report.main([sweep_dir, '--plot', png])
+    report.write_figure(report.load_results(find_summaries([sweep_dir])), png)
     assert png_size(png) == SWEEP_PNG_SIZE
-    assert capsys.readouterr().out == markdown == report.main([sweep_dir])[0]
 
 
 def test_prompt_curve_over_the_common_tasks_only():
@@ -481,21 +518,73 @@ def test_prompt_curve_over_the_common_tasks_only():
     assert report.prompt_curves(by_row, report.FGVC_TASKS) == {}
 
 
-def test_plot_wants_a_png_name(results_dir, tmp_path):
-    with pytest.raises(SystemExit):
-        report.parse_args([results_dir, '--plot', str(tmp_path / 'report.pdf')])
-    with pytest.raises(report.ReportError, match='its folder does not exist'):
-        report.main([results_dir, '--plot', str(tmp_path / 'nowhere' / 'report.png')])
-
-
 def test_the_tables_alone_do_not_import_matplotlib(results_dir):
-    code = ('import runpy, sys\n'
-            f'sys.argv = ["report.py", {results_dir!r}]\n'
-            f'runpy.run_path({osp.join(ROOT, "tools/analysis/report.py")!r}, '
-            'run_name="__main__")\n'
-            'print("matplotlib imported:", "matplotlib" in sys.modules)\n')
-    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, '-X', 'importtime',
+                           osp.join(ROOT, 'tools/analysis/report.py'), results_dir],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.endswith('matplotlib imported: False\n')
+    imported = [line.split('|')[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith('import time:')]
+    assert 'mmvpt.analysis.report' in imported  # the import log is complete
+    assert not [name for name in imported if name.split('.')[0] == 'matplotlib']
     assert '## VTAB-1k' in proc.stdout
+
+
+# ------------------------------------------------------------------- summaries that record P
+
+def test_recorded_method_and_prompt_count_need_no_saved_config(sweep_dir, tmp_path):
+    """Summaries as tools/protocol.py writes them now (method name, prompt type and P
+    recorded): the same tables as the sweep's older summaries with saved configs."""
+    root = str(tmp_path)
+    for tokens, means in SWEEP.items():
+        for task, mean in means.items():
+            write_summary(osp.join(root, f'cvpt-p{tokens}'), 'cvpt', 'vtab', task, mean, 0.1,
+                          record=dict(method_name='CVPT', prompt_type='mmvpt.CVPT',
+                                      num_tokens=tokens))
+    for task, mean in VPT_VTAB.items():
+        write_summary(root, 'vpt', 'vtab', task, mean, VPT_VTAB_TUNED[task],
+                      record=dict(method_name='VPT-deep', prompt_type='mmvpt.VPT', num_tokens=10))
+    for task, mean in VPT_FGVC.items():
+        write_summary(root, 'vpt', 'fgvc', task, mean, VPT_FGVC_TUNED[task],
+                      record=dict(method_name='VPT-deep', prompt_type='mmvpt.VPT', num_tokens=10))
+    for task, mean in CVPT_FGVC.items():
+        write_summary(root, 'cvpt', 'fgvc', task, mean, CVPT_FGVC_TUNED[task],
+                      record=dict(method_name='CVPT', prompt_type='mmvpt.CVPT',
+                                  num_tokens=CVPT_FGVC_P[task]))
+    write_summary(root, 'linear', 'fgvc', 'cub', 85, 0.05,
+                  record=dict(method_name='Linear probing', prompt_type=None, num_tokens=None))
+    assert not glob.glob(osp.join(root, '**', 'seed*'), recursive=True)  # no saved configs
+    assert report_of(root) == report_of(sweep_dir)
+    # the recorded name labels the rows, whatever the folder
+    write_summary(osp.join(root, 'mine'), 'my_runs', 'fgvc', 'dogs', 50, 0.1,
+                  record=dict(method_name='VPT-shallow', prompt_type='mmvpt.VPT', num_tokens=5))
+    assert list(table_data(root)['fgvc']) == ['Linear probing', 'VPT-deep', 'CVPT', 'VPT-shallow']
+
+
+def test_what_protocol_records_of_a_config():
+    from mmengine.config import Config
+
+    def record(name, **options):
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', name), import_custom_modules=False)
+        cfg.merge_from_dict(options)
+        return method_record(cfg.model)
+    assert record('cvpt/vit-b16_vtab-dtd.py') == dict(
+        method_name='CVPT', prompt_type='mmvpt.CVPT', num_tokens=10)
+    assert record('cvpt/vit-b16_vtab-dtd.py', **{'model.backbone.prompt.num_tokens': 50})[
+        'num_tokens'] == 50
+    assert record('vpt/vit-b16_fgvc-cub.py', **{'model.backbone.prompt.deep': False}) == dict(
+        method_name='VPT-shallow', prompt_type='mmvpt.VPT', num_tokens=10)
+    assert record('e2vpt/vit-b16_vtab-caltech101.py')['method_name'] == 'E2VPT'
+    assert record('ivpt/vit-b16_vtab-dtd.py')['method_name'] == 'iVPT'
+    assert record('linear/vit-b16_fgvc-cub.py') == dict(
+        method_name='Linear probing', prompt_type=None, num_tokens=None)
+    assert record('full/vit-b16_fgvc-cub.py')['method_name'] == 'Full fine-tuning'
+    info = dict(config='c.py', method='cvpt', benchmark='vtab', task='dtd',
+                **record('cvpt/vit-b16_vtab-dtd.py'))
+    summary = final_summary(info, dict(final_train='train800val200', test='test'), 0.1, 0.,
+                            'grid', {42: 70., 44: 72.}, 100, 10000, 'w')
+    assert (summary['method_name'], summary['prompt_type'], summary['num_tokens']) == (
+        'CVPT', 'mmvpt.CVPT', 10)
+    assert summary['seeds'] == [42, 44] and summary['test_accuracy'] == {'42': 70., '44': 72.}
+    assert summary['mean'] == 71. and summary['std'] == pytest.approx(2 ** 0.5)
+    assert summary['tuned_percent'] == 1.

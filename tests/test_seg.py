@@ -3,7 +3,6 @@ few iterations (its heads change) and evaluates single-scale and with --tta, eac
 mIoU equal to the one computed by hand from the saved predictions; a 2-process gloo run
 completes."""
 import glob
-import importlib.util
 import os.path as osp
 import re
 import socket
@@ -17,6 +16,7 @@ from mmengine.runner import Runner
 from PIL import Image
 
 from mmvpt.apis import prepare_config
+from mmvpt.utils import apply_tta
 from mmvpt.testing import make_ade20k
 
 from .conftest import ROOT, run_tool
@@ -81,13 +81,6 @@ def vit(tmp_path_factory):
     return write_random_vit(tmp_path_factory.mktemp('vit') / 'vit.pth', img_size=64, **SEG_ARCH)
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', osp.join(ROOT, f'tools/{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('method', METHODS)
 def test_each_method_trains_and_evaluates_single_and_multi_scale(method, ade, vit, tmp_path):
     cfg = shrink(prepare_config(seg_config(method), work_dir=str(tmp_path)), ade, vit)
@@ -107,7 +100,7 @@ def test_each_method_trains_and_evaluates_single_and_multi_scale(method, ade, vi
     # --tta: multi-scale (6 ratios) x flip on the config's own tta pipeline, from the
     # tuned-only checkpoint on the pretrained backbone
     tta_cfg = shrink(prepare_config(seg_config(method), work_dir=str(tmp_path / 'tta')), ade, vit)
-    load_tool('test').apply_tta(tta_cfg, 'mmseg')
+    apply_tta(tta_cfg)
     tta_cfg.load_from = osp.join(str(tmp_path), 'iter_4.pth')
     tta_cfg.experiment_name = uuid.uuid4().hex
     tta_cfg.test_evaluator.update(output_dir=str(tmp_path / 'ms'), keep_results=True)

@@ -10,7 +10,6 @@ segment pruning and rewinding in one run. Each is tested on the test split.
 """
 import argparse
 import glob
-import importlib.util
 import math
 import os.path as osp
 import sys
@@ -20,21 +19,12 @@ sys.path.insert(0, ROOT)
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 from mmvpt.testing import make_vtab_task  # noqa: E402
+from tools import test as test_tool  # noqa: E402
+from tools import train as train_tool  # noqa: E402
 
 PRETRAIN_CONFIG = osp.join(ROOT, 'configs/demo/vit-tiny_synthetic.py')
 TUNE_CONFIG = osp.join(ROOT, 'configs/demo/cvpt_vit-tiny_synthetic.py')
 PRUNE_CONFIG = osp.join(ROOT, 'configs/demo/e2vpt_vit-tiny_synthetic.py')
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'mmvpt_tools_{name}',
-                                                  osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_tool, test_tool = _load_tool('train'), _load_tool('test')
 
 
 def data_options(task_dir):

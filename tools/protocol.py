@@ -15,24 +15,27 @@ Layout of the work dir (default ``work_dirs/protocol/<method>/<config name>``)::
     final/seed<seed>/           train800val200 (FGVC: trainval) with the best (lr, wd)
     final/seed<seed>/trained.json   written when that training finished
     final/seed<seed>/test/      the test of its last checkpoint (MMEngine's <ts>/<ts>.json)
-    final/summary.json          test accuracy per seed, mean, std, tuned parameters
+    final/summary.json          test accuracy per seed, mean, std, tuned parameters, the
+                                method (name, prompt type) and its prompt count P
 
 A run with a result (score.json, a test json) is skipped, so the tool can be started again
-after an interruption; a run without one starts over from scratch.
+after an interruption; a run without one starts over from scratch. The summaries' format,
+and reading what the runs leave, live in :mod:`mmvpt.utils.protocol_results`.
 """
 import argparse
-import json
 import math
 import os
 import os.path as osp
-import re
 import shlex
-import statistics
 import subprocess
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+from mmvpt.utils.protocol_results import (METRIC, ProtocolError, final_summary,  # noqa: E402
+                                          grid_summary, last_checkpoint, last_validation,
+                                          method_record, newest_log, parameter_counts,
+                                          read_json, test_accuracy, write_json)
 
 TOOLS_DIR = osp.dirname(osp.abspath(__file__))
 
@@ -40,7 +43,6 @@ TOOLS_DIR = osp.dirname(osp.abspath(__file__))
 VPT_BASE_LRS = (50, 25, 10, 5, 2.5, 1, 0.5, 0.25, 0.1, 0.05)
 VPT_WDS = (0.01, 1e-3, 1e-4, 0.)
 VPT_SEEDS = (42, 44, 82, 100, 800)
-METRIC = 'accuracy/top1'
 
 # Dataset types the protocol knows, and the splits of each of its stages.
 BENCHMARKS = {
@@ -59,14 +61,6 @@ PROTOCOL_KEYS = {
     'optim_wrapper.optimizer.weight_decay': 'use --wds (grid) or --wd (final)',
     'randomness.seed': 'use --seeds',
 }
-
-TIMESTAMP_DIR = re.compile(r'^\d{8}_\d{6}$')
-TUNED_LINE = re.compile(r'tuned parameters: ([\d,]+) of ([\d,]+)')
-
-
-class ProtocolError(RuntimeError):
-    """A problem the user can fix: a config, an option or a failed run, named."""
-
 
 class Unquoted(str):
     """A command argument that is shell syntax (``$(cat ...)``, ``${LR}``), printed as is."""
@@ -125,7 +119,8 @@ def parse_cfg_options(raw_options):
 
 
 def describe_config(config, raw_options=()):
-    """What the protocol needs to know of a config: benchmark, method, task, batch size."""
+    """What the protocol needs to know of a config: benchmark, method (its folder, name,
+    prompt type and P), task, batch size."""
     from mmengine.config import Config
     if not osp.isfile(config):
         raise ProtocolError(f'config file {config!r} does not exist')
@@ -146,7 +141,7 @@ def describe_config(config, raw_options=()):
                             'train_dataloader.dataset.task)')
     return dict(config=config, benchmark=benchmark, task=task,
                 method=osp.basename(osp.dirname(osp.abspath(config))),
-                batch_size=cfg.train_dataloader.batch_size)
+                batch_size=cfg.train_dataloader.batch_size, **method_record(cfg.get('model')))
 
 
 def default_lrs(batch_size):
@@ -254,90 +249,6 @@ def execute(argv, env, work_dir, what):
                             f'  its log: {newest_log(work_dir) or "none written"}')
 
 
-# ------------------------------------------------------------------------- reading results
-
-def timestamp_dirs(work_dir):
-    """MMEngine's per-launch ``<work_dir>/<YYYYMMDD_HHMMSS>/`` folders, oldest first."""
-    if not osp.isdir(work_dir):
-        return []
-    return sorted(osp.join(work_dir, name) for name in os.listdir(work_dir)
-                  if TIMESTAMP_DIR.match(name) and osp.isdir(osp.join(work_dir, name)))
-
-
-def newest_log(work_dir):
-    for run_dir in reversed(timestamp_dirs(work_dir)):
-        log = osp.join(run_dir, osp.basename(run_dir) + '.log')
-        if osp.isfile(log):
-            return log
-    return None
-
-
-def last_validation(work_dir, metric=METRIC):
-    """(score, step, scalars file) of the last validation of the newest launch in
-    ``work_dir``: the last line of its vis_data/scalars.json that holds ``metric``."""
-    for run_dir in reversed(timestamp_dirs(work_dir)):
-        scalars = osp.join(run_dir, 'vis_data', 'scalars.json')
-        if not osp.isfile(scalars):
-            continue
-        with open(scalars) as f:
-            validations = [json.loads(line) for line in f if metric in line]
-        validations = [v for v in validations if metric in v]
-        if validations:
-            return float(validations[-1][metric]), validations[-1].get('step'), scalars
-        raise ProtocolError(f'{scalars}: no {metric} line; the run validated never '
-                            '(check train_cfg.val_interval and val_dataloader)')
-    raise ProtocolError(f'{work_dir}: no vis_data/scalars.json from a training run')
-
-
-def test_accuracy(test_dir, metric=METRIC):
-    """``metric`` of the newest ``<test_dir>/<ts>/<ts>.json`` (what tools/test.py leaves),
-    or None where no test finished."""
-    for run_dir in reversed(timestamp_dirs(test_dir)):
-        result = osp.join(run_dir, osp.basename(run_dir) + '.json')
-        if osp.isfile(result):
-            with open(result) as f:
-                metrics = json.load(f)
-            if metric not in metrics:
-                raise ProtocolError(f'{result} has no {metric}: {sorted(metrics)}')
-            return float(metrics[metric])
-    return None
-
-
-def parameter_counts(work_dir):
-    """(tuned, total) from the last 'tuned parameters: N of M' line of the newest training
-    log; with E2VPT pruning that is the count after pruning."""
-    log = newest_log(work_dir)
-    if log is None:
-        raise ProtocolError(f'{work_dir}: no training log')
-    with open(log) as f:
-        matches = TUNED_LINE.findall(f.read())
-    if not matches:
-        raise ProtocolError(f'{log}: no "tuned parameters" line (ParameterReportHook)')
-    tuned, total = (int(n.replace(',', '')) for n in matches[-1])
-    return tuned, total
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_json(path, data):
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(data, f, indent=2)
-        f.write('\n')
-
-
-def best_run(runs):
-    """The run with the highest score; the first in grid order among equals."""
-    best = runs[0]
-    for run in runs[1:]:
-        if run['score'] > best['score']:
-            best = run
-    return best
-
-
 # ---------------------------------------------------------------------------------- stages
 
 def run_grid(args, info, work_dir):
@@ -371,12 +282,8 @@ def run_grid(args, info, work_dir):
         write_json(score_file, runs[-1])
     if len(runs) < len(lrs) * len(args.wds):
         return None
-    best = best_run(runs)
-    summary = dict(config=info['config'], method=info['method'], benchmark=info['benchmark'],
-                   task=info['task'], metric=METRIC, seed=seed,
-                   train_split=splits['grid_train'], val_split=splits['grid_val'],
-                   batch_size=info['batch_size'] * args.gpus, lrs=lrs, wds=list(args.wds),
-                   runs=runs, best=dict(lr=best['lr'], wd=best['wd'], score=best['score']))
+    summary = grid_summary(info, splits, seed, info['batch_size'] * args.gpus, lrs, args.wds, runs)
+    best = summary['best']
     if not args.print_only:
         write_json(osp.join(work_dir, 'grid', 'summary.json'), summary)
         print(f'[protocol] grid done: best lr {best["lr"]:g}, wd {best["wd"]:g} '
@@ -384,13 +291,13 @@ def run_grid(args, info, work_dir):
     return summary
 
 
-def final_lr_wd(args, work_dir, grid_summary):
-    """(lr, wd, source) for the final stage: --lr/--wd, else the grid's best; None if
-    neither is known yet."""
+def final_lr_wd(args, work_dir, grid):
+    """(lr, wd, source) for the final stage: --lr/--wd, else the grid's best (``grid``: its
+    summary); None if neither is known yet."""
     summary_file = osp.join(work_dir, 'grid', 'summary.json')
-    if grid_summary is None and args.stage == 'final' and osp.isfile(summary_file):
-        grid_summary = read_json(summary_file)
-    best = grid_summary['best'] if grid_summary else {}
+    if grid is None and args.stage == 'final' and osp.isfile(summary_file):
+        grid = read_json(summary_file)
+    best = grid['best'] if grid else {}
     lr = args.lr if args.lr is not None else best.get('lr')
     wd = args.wd if args.wd is not None else best.get('wd')
     if lr is None or wd is None:
@@ -424,21 +331,12 @@ def run_final(args, info, work_dir, lr, wd, lr_source):
         return None
 
     tuned, total = parameter_counts(osp.join(work_dir, 'final', f'seed{args.seeds[0]}'))
-    values = [accuracies[seed] for seed in args.seeds]
-    summary = dict(
-        config=info['config'], method=info['method'], benchmark=info['benchmark'],
-        task=info['task'], metric=METRIC, lr=lr, wd=wd, lr_source=lr_source,
-        train_split=splits['final_train'], test_split=splits['test'], seeds=list(args.seeds),
-        test_accuracy={str(seed): accuracies[seed] for seed in args.seeds},
-        mean=statistics.fmean(values),
-        # sample standard deviation over the seeds (n - 1); 0 for a single seed
-        std=statistics.stdev(values) if len(values) > 1 else 0.,
-        tuned_params=tuned, total_params=total, tuned_percent=100. * tuned / total,
-        work_dir=work_dir)
+    summary = final_summary(info, splits, lr, wd, lr_source,
+                            {seed: accuracies[seed] for seed in args.seeds}, tuned, total, work_dir)
     summary_file = osp.join(work_dir, 'final', 'summary.json')
     write_json(summary_file, summary)
     print(f'[protocol] final: {METRIC} {summary["mean"]:.2f} +- {summary["std"]:.2f} over '
-          f'{len(values)} seeds; tuned {summary["tuned_percent"]:.4f}%; {summary_file}')
+          f'{len(args.seeds)} seeds; tuned {summary["tuned_percent"]:.4f}%; {summary_file}')
     return summary
 
 
@@ -489,30 +387,19 @@ def check_same_lr_wd(trained, lr, wd, seed_dir):
             f'lr {lr:g}, wd {wd:g}; remove it or use another --work-dir')
 
 
-def last_checkpoint(work_dir):
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(pointer):
-        raise ProtocolError(f'{work_dir}: training finished but wrote no last_checkpoint')
-    with open(pointer) as f:
-        checkpoint = f.read().strip()
-    if not osp.isfile(checkpoint):
-        raise ProtocolError(f'{pointer} points at {checkpoint}, which does not exist')
-    return checkpoint
-
-
 def main(argv=None):
     args = parse_args(argv)
     info = describe_config(args.config, args.cfg_options)
     work_dir = args.work_dir or osp.join(
         'work_dirs', 'protocol', info['method'], osp.splitext(osp.basename(args.config))[0])
 
-    grid_summary = None
+    grid = None
     if args.stage in ('grid', 'all'):
-        grid_summary = run_grid(args, info, work_dir)
+        grid = run_grid(args, info, work_dir)
     if args.stage == 'grid':
-        return grid_summary
+        return grid
 
-    chosen = final_lr_wd(args, work_dir, grid_summary)
+    chosen = final_lr_wd(args, work_dir, grid)
     if chosen is None:
         if not args.print_only:
             raise ProtocolError(

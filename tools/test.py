@@ -7,7 +7,6 @@
 (the config's ``tta_model`` / ``tta_pipeline``), flip averaging for classification.
 """
 import argparse
-import copy
 import os
 import sys
 
@@ -16,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.apis import (ConfigError, finish_distributed, init_distributed,  # noqa: E402
-                        prepare_config)
+from mmvpt.utils import (add_test_output, apply_tta, finish_distributed,  # noqa: E402
+                         init_distributed, prepare_config)
 
 
 def parse_args(argv=None):
@@ -39,29 +38,6 @@ def parse_args(argv=None):
     return args
 
 
-def _classification_tta(cfg):
-    """Flip averaging, for classification configs that bring no TTA of their own."""
-    if 'tta_model' not in cfg:
-        cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
-    if 'tta_pipeline' not in cfg:
-        test_pipeline = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
-        *loading, pack = test_pipeline
-        flips = [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
-                 dict(type='RandomFlip', prob=1.0, direction='horizontal')]
-        cfg.tta_pipeline = loading + [dict(type='TestTimeAug', transforms=[flips, [pack]])]
-
-
-def apply_tta(cfg, host):
-    if host == 'mmpretrain':
-        _classification_tta(cfg)
-    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
-    if missing:
-        raise ConfigError(f'--tta: {cfg.filename} defines no {" / ".join(missing)}')
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    cfg.tta_model.module = cfg.model
-    cfg.model = cfg.tta_model
-
-
 def main(argv=None):
     args = parse_args(argv)
     if not os.path.isfile(args.checkpoint):
@@ -69,15 +45,9 @@ def main(argv=None):
     cfg = prepare_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     if args.tta:
-        apply_tta(cfg, cfg.default_scope)
+        apply_tta(cfg)
     if args.out:
-        if cfg.default_scope == 'mmseg':
-            cfg.test_evaluator['output_dir'] = args.out
-            cfg.test_evaluator['keep_results'] = True
-        else:
-            evaluators = cfg.test_evaluator
-            evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
-            cfg.test_evaluator = evaluators + [dict(type='DumpResults', out_file_path=args.out)]
+        add_test_output(cfg, args.out)
 
     init_distributed(args.launcher)
 

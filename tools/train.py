@@ -12,8 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.apis import (add_training_hooks, enable_amp, finish_distributed,  # noqa: E402
-                        init_distributed, prepare_config)
+from mmvpt.utils import (add_training_hooks, enable_amp, finish_distributed,  # noqa: E402
+                         init_distributed, prepare_config)
 
 
 def parse_args(argv=None):

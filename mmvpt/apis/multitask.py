@@ -13,7 +13,7 @@ from mmengine.registry import MODELS, init_default_scope
 from mmvpt.models.backbones.base import PromptedBackbone
 from mmvpt.models.utils.vit_checkpoint import CheckpointMismatchError
 from mmvpt.registry import MODELS as MMVPT_MODELS
-from mmvpt.utils.checkpoint_loading import load_local_checkpoint
+from mmvpt.utils.tuned_checkpoint import load_tuned_checkpoint, saved_prompts
 
 PROMPT_PREFIX = 'backbone.prompt.'
 # Options that do not change what a method computes in eval mode.
@@ -25,8 +25,8 @@ class MultiTaskModel(nn.Module):
     backbone: ``model(images, tasks)`` runs one forward in which every sample uses its own
     task's prompts, key-value prompts, masks and head.
 
-    The tasks' tuned tensors are stacked with a leading task axis inside the method
-    (:meth:`~mmvpt.models.prompts.base.PromptMethod.stack_tasks`); the backbone's own forward
+    The tasks' tuned tensors are stacked with a leading task axis in a copy of the method
+    (:meth:`~mmvpt.models.prompts.base.PromptMethod.stacked`); the backbone's own forward
     takes the per-sample task index. Work that depends on the task only (prompt keys and
     values, CVPT's folded prompt products, iVPT's mixing) is done once per task and
     gathered per sample; heads run per task on that task's samples.
@@ -74,7 +74,7 @@ class MultiTaskModel(nn.Module):
             tuned[name] = {k[len(PROMPT_PREFIX):]: v for k, v in task['state'].items()
                            if k.startswith(PROMPT_PREFIX)}
         if self.method is not None:
-            self.method.stack_tasks(tuned)
+            self.method = self.backbone.prompt = self.method.stacked(tuned)
         self.requires_grad_(False)
         self.eval()
         if device is not None:
@@ -105,7 +105,7 @@ class MultiTaskModel(nn.Module):
         or method setting."""
         source = f'task {name!r} ({task["path"]})'
         expected = {} if self.method is None else {'backbone.prompt': type(self.method).__name__}
-        saved = task['meta'].get('mmvpt', {}).get('prompts')
+        saved = saved_prompts(task['meta'])
         has_prompts = any(k.startswith(PROMPT_PREFIX) for k in task['state'])
         if saved is not None and saved != expected or saved is None and has_prompts != bool(expected):
             found = saved if saved is not None else ('prompt tensors' if has_prompts else 'no prompts')
@@ -247,13 +247,7 @@ def _load_task(name, spec):
     path = spec['checkpoint']
     if not osp.isfile(path):
         raise FileNotFoundError(f'task {name!r}: checkpoint {path} does not exist')
-    checkpoint = load_local_checkpoint(path, map_location='cpu')
-    state = checkpoint.get('state_dict', checkpoint)
-    metadata = getattr(state, '_metadata', None)
-    state = type(state)((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state.items())
-    if metadata is not None:
-        state._metadata = metadata
-    meta = checkpoint.get('meta') or {}
+    state, meta = load_tuned_checkpoint(path)
     cfg = spec.get('config')
     if cfg is not None:
         cfg = cfg if isinstance(cfg, Config) else Config.fromfile(cfg)

@@ -23,7 +23,8 @@ A map is the CLS query's attention probability on each image patch (softmax over
 mean over heads), renormalised over the image patches so that it shows where on the image
 the CLS token looks; the panel title gives the share of the CLS attention that falls on the
 image at all (the rest goes to the prompts, KV prompts and the CLS token). The patch maps
-are upsampled (bilinear) to the input size and overlaid with one colour scale per row.
+are upsampled (bilinear) to the input size and overlaid with one colour scale per row. The
+maps come from :func:`mmvpt.analysis.attention.attention_maps`; this script draws them.
 """
 import argparse
 import os
@@ -37,89 +38,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mmengine.config import DictAction  # noqa: E402
-from tools.analysis.attention_share import (AnalysisError, key_groups, load_model,  # noqa: E402
-                                            neutral_method, num_image_tokens, probed_blocks,
-                                            probing, prompted_vit, swap_prompt)
+from mmvpt.analysis.attention import (AnalysisError, attention_maps, prompted_vit,  # noqa: E402
+                                      resolve_blocks)
+from mmvpt.apis.inference import InputError, load_model, preprocess_images  # noqa: E402
 
 PANEL_INCHES = 2.4
 DPI = 100
-
-
-def resolve_blocks(blocks, num_layers):
-    resolved = []
-    for block in blocks:
-        if not -num_layers <= block < num_layers:
-            raise AnalysisError(f'--blocks {block}: the backbone has {num_layers} blocks')
-        resolved.append(block % num_layers)
-    return resolved
-
-
-def _cls_maps(backbone, probe, blocks, grid):
-    """{block: ((B, gh, gw) CLS attention renormalised over the image patches, (B,) share of
-    the CLS attention on image keys)} from one forward's probe records."""
-    num_image = grid[0] * grid[1]
-    maps = {}
-    for block in blocks:
-        record = probe.records['self'].get(block)
-        if record is None:
-            raise AnalysisError(f'block {block} did not run (the backbone stops after its last '
-                                'out_indices block)')
-        probs = record['probs'].float()
-        image = key_groups(backbone, block, probs.shape[2], num_image, record['num_before'],
-                           record['num_after'])['image'][0]
-        row = probs[:, :, 0, image].mean(1)  # (B, image keys): mean over heads
-        share = row.sum(-1)
-        maps[block] = ((row / share[:, None]).view(-1, *grid), share)
-    return maps
-
-
-@torch.no_grad()
-def attention_maps(model, inputs, blocks):
-    """CLS attention over the image patches at ``blocks`` (indices >= 0) of ``model`` on the
-    preprocessed ``inputs`` (B, 3, H, W), with the prompts and without.
-
-    Returns dict(grid=(gh, gw), prompted={block: (maps, shares)}, frozen={...},
-    reinforced={layer: (B, k) image-token indices in rank order} (iVPT's AR; else empty))."""
-    backbone = prompted_vit(model)
-    if backbone.vit.cls_token is None:
-        raise AnalysisError(f'{backbone.arch} has no CLS token: there is no CLS attention to show')
-    patch = backbone.vit.patch_embed.patch_size
-    grid = (inputs.shape[-2] // patch[0], inputs.shape[-1] // patch[1])
-    assert grid[0] * grid[1] == num_image_tokens(backbone, inputs)
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with probed_blocks(backbone), probing(backbone) as probe:
-            backbone(inputs)
-            prompted = _cls_maps(backbone, probe, blocks, grid)
-            reinforced = dict(probe.records['reinforced'])
-        with swap_prompt(backbone, neutral_method(backbone)), probing(backbone) as probe:
-            backbone(inputs)
-            frozen = _cls_maps(backbone, probe, blocks, grid)
-    finally:
-        backbone.train(was_training)
-    return dict(grid=grid, prompted=prompted, frozen=frozen, reinforced=reinforced)
-
-
-def load_images(cfg, model, paths):
-    """(preprocessed (1, 3, H, W) input, (H, W, 3) uint8 RGB picture of it) per image path,
-    through the config's test pipeline (annotation loading left out) and data preprocessor."""
-    from mmengine.dataset import Compose, pseudo_collate
-    loader = cfg.get('test_dataloader') or cfg.get('val_dataloader')
-    steps = [t for t in loader['dataset']['pipeline']
-             if not str(t.get('type', '')).endswith('LoadAnnotations')]
-    pipeline = Compose(steps)
-    preprocessor = model.data_preprocessor
-    for path in paths:
-        with torch.no_grad():
-            inputs = preprocessor(pseudo_collate([pipeline(dict(img_path=path))]), False)['inputs']
-        picture = inputs[0].float()
-        if getattr(preprocessor, '_enable_normalize', False):
-            picture = picture * preprocessor.std + preprocessor.mean
-        if not getattr(preprocessor, '_channel_conversion', False):
-            picture = picture.flip(0)  # OpenMMLab loads BGR
-        picture = picture.clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        yield inputs, picture
 
 
 def figure_pixels(num_blocks, ivpt):
@@ -217,14 +141,14 @@ def main(argv=None):
         backbone = prompted_vit(model)
         blocks = resolve_blocks(args.blocks, backbone.num_layers)
         os.makedirs(args.out, exist_ok=True)
-        for (inputs, picture), name in zip(load_images(cfg, model, args.images),
+        for (inputs, picture), name in zip(preprocess_images(cfg, model, args.images),
                                            output_names(args.images)):
             maps = attention_maps(model, inputs, blocks)
             path = osp.join(args.out, name)
             draw(picture, maps, blocks, path)
             written.append(path)
             print(f'wrote {path}')
-    except AnalysisError as err:
+    except (AnalysisError, InputError) as err:
         sys.exit(f'visualize_attention: {err}')
     return written
 

@@ -12,6 +12,10 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+from mmvpt.models.prompts import display_name  # noqa: E402
+from mmvpt.utils.protocol_results import METHOD_FOLDERS  # noqa: E402
+
 # Task tables are plain data here so the script needs no mmpretrain.
 VTAB_CLASSES = dict(
     cifar=100, caltech101=102, dtd=47, oxford_flowers102=102, oxford_iiit_pet=37, svhn=10,
@@ -20,12 +24,12 @@ VTAB_CLASSES = dict(
     smallnorb_azi=18, smallnorb_ele=9)
 FGVC_CLASSES = dict(cub=200, nabirds=555, flowers=102, dogs=120, cars=196)
 
-# E2VPT visual / key-value prompt lengths (paper 002).
+# E²VPT visual / key-value prompt lengths (the E²VPT paper).
 E2VPT_VTAB = dict(caltech101=(32, 5), cifar=(5, 5), oxford_flowers102=(1, 1),
                   patch_camelyon=(10, 10), dsprites_loc=(5, 5), dsprites_ori=(5, 5))
 E2VPT_VTAB_DEFAULT = (10, 5)
 E2VPT_FGVC = (5, 5)
-# CVPT prompts / lr (paper 001); FGVC prompts / lr / wd / batch.
+# CVPT prompts / lr (the CVPT paper); FGVC prompts / lr / wd / batch.
 CVPT_VTAB = dict(
     cifar=(10, 1e-3), caltech101=(200, 1e-3), dtd=(10, 1e-3), oxford_flowers102=(5, 2e-3),
     oxford_iiit_pet=(5, 1e-3), svhn=(5, 1e-2), sun397=(10, 2e-3), patch_camelyon=(1, 1e-2),
@@ -35,7 +39,7 @@ CVPT_VTAB = dict(
     smallnorb_ele=(50, 1e-3))
 CVPT_FGVC = dict(cub=(5, 5e-4, 0.05, 32), cars=(100, 2e-3, 0.05, 16), dogs=(10, 2e-4, 1e-5, 16),
                  flowers=(5, 1e-3, 0.05, 16), nabirds=(200, 2e-4, 1e-5, 16))
-# iVPT N (CDC prompts) / k (AR prompts), paper 003 Tables 15-16.
+# iVPT N (CDC prompts) / k (AR prompts), the iVPT paper's Tables 15-16.
 IVPT_VTAB = dict(
     cifar=(10, 10), caltech101=(10, 5), dtd=(10, 10), oxford_flowers102=(10, 50),
     oxford_iiit_pet=(10, 20), svhn=(50, 20), sun397=(5, 1), patch_camelyon=(30, 30),
@@ -45,8 +49,12 @@ IVPT_VTAB = dict(
 IVPT_FGVC = dict(cub=(10, 1), nabirds=(50, 10), flowers=(5, 10), dogs=(10, 10), cars=(10, 10))
 
 METHODS = ('vpt', 'e2vpt', 'cvpt', 'ivpt', 'linear', 'full')
-NAMES = dict(vpt='VPT-deep', e2vpt='E2VPT', cvpt='CVPT', ivpt='iVPT', linear='Linear probing',
-             full='Full fine-tuning')
+
+
+def method_name(method):
+    """The display name of a method folder's method (VPT-deep, ..., Full fine-tuning)."""
+    prompt_type, frozen = METHOD_FOLDERS[method]
+    return display_name(prompt_type, frozen=frozen)
 
 
 def recipe(method, benchmark, task):
@@ -59,21 +67,21 @@ def recipe(method, benchmark, task):
         visual, kv = (E2VPT_VTAB.get(task, E2VPT_VTAB_DEFAULT) if benchmark == 'vtab'
                       else E2VPT_FGVC)
         prompt = dict(num_tokens=visual, num_kv_tokens=kv)
-        note = f'{visual} visual / {kv} key-value prompts (paper 002).'
+        note = f'{visual} visual / {kv} key-value prompts (E2VPT paper).'
     elif method == 'cvpt':
         if benchmark == 'vtab':
             tokens, lr = CVPT_VTAB[task]
             loader, optimizer = dict(batch_size=32), dict(lr=lr)
-            note = f'{tokens} prompts, lr {lr:g} (paper 001).'
+            note = f'{tokens} prompts, lr {lr:g} (CVPT paper).'
         else:
             tokens, lr, wd, batch = CVPT_FGVC[task]
             loader, optimizer = dict(batch_size=batch), dict(lr=lr, weight_decay=wd)
-            note = f'{tokens} prompts, lr {lr:g}, wd {wd:g}, batch {batch} (paper 001).'
+            note = f'{tokens} prompts, lr {lr:g}, wd {wd:g}, batch {batch} (CVPT paper).'
         prompt = dict(num_tokens=tokens)
     elif method == 'ivpt':
         tokens, ar = (IVPT_VTAB if benchmark == 'vtab' else IVPT_FGVC)[task]
         prompt = dict(num_tokens=tokens, num_ar_tokens=ar)
-        note = f'N = {tokens} CDC prompts, k = {ar} AR prompts (paper 003).'
+        note = f'N = {tokens} CDC prompts, k = {ar} AR prompts (iVPT paper).'
     return prompt, loader, optimizer, note
 
 
@@ -90,7 +98,7 @@ def render(method, benchmark, task):
     dataset = 'task=task'
     if method == 'ivpt':
         dataset += ', pipeline={{_base_.ivpt_train_pipeline}}'
-    lines = [f'# {NAMES[method]} on {title} {task} ({classes} classes).'] + (
+    lines = [f'# {method_name(method)} on {title} {task} ({classes} classes).'] + (
         [f'# {note}'] if note else []) + [
         f"_base_ = ['../_base_/methods/{method}.py', '../_base_/datasets/{dataset_base}.py']",
         '',
@@ -107,7 +115,7 @@ def render(method, benchmark, task):
     return '\n'.join(lines) + '\n'
 
 
-# E2VPT's Swin batch (paper 002), with VPT's lr scaling (base 2.5 x batch / 256).
+# E²VPT's Swin batch (the E²VPT paper), with VPT's lr scaling (base 2.5 x batch / 256).
 E2VPT_SWIN_BATCH = 80
 
 
@@ -115,14 +123,14 @@ def render_swin(method, benchmark, task):
     """Swin-B on the task: the ViT-B config's recipe, the backbone swapped
     (configs/_base_/models/swin-b.py)."""
     title = 'VTAB-1k' if benchmark == 'vtab' else 'FGVC'
-    lines = [f'# {NAMES[method]} on {title} {task} with Swin-B ImageNet-22k; the recipe of the '
+    lines = [f'# {method_name(method)} on {title} {task} with Swin-B ImageNet-22k; the recipe of the '
              'ViT-B config.']
     backbone = 'swin_b'
     if method == 'ivpt':
         lines.append('# iVPT: no attentive reinforcement, which needs a CLS token (Swin has none).')
         backbone = 'swin_b_without_ar'
     elif method == 'e2vpt':
-        lines.append(f'# E2VPT: batch {E2VPT_SWIN_BATCH} on Swin (paper 002), lr 2.5 x batch / 256; '
+        lines.append(f'# E2VPT: batch {E2VPT_SWIN_BATCH} on Swin (E2VPT paper), lr 2.5 x batch / 256; '
                      'pruning reaches the first stage only.')
     lines += [f"_base_ = ['./vit-b16_{benchmark}-{task}.py', '../_base_/models/swin-b.py']", '',
               f'model = dict(backbone={{{{_base_.{backbone}}}}}, head=dict(in_channels=1024))']

@@ -3,9 +3,9 @@ backbone."""
 from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 
-from mmvpt.models.utils.tuned_state import (check_checkpoint_fit, describe_prompts,
-                                            prompt_methods, tuned_state_keys)
+from mmvpt.models.utils.tuned_state import check_checkpoint_fit, prompt_methods, tuned_state_keys
 from mmvpt.registry import HOOKS
+from mmvpt.utils.tuned_checkpoint import make_tuned_only, saved_prompts
 
 __all__ = ['TunedCheckpointHook', 'prompt_methods', 'tuned_state_keys', 'unwrap']
 
@@ -23,8 +23,9 @@ class TunedCheckpointHook(Hook):
     """Saves only the tuned part of the model in every checkpoint and loads such
     checkpoints back onto the pretrained backbone.
 
-    Saving: ``state_dict`` keeps :func:`tuned_state_keys` (prompts, their masks, the head,
-    ...), and ``meta['mmvpt']`` records the prompt methods. A ViT-B CVPT P=10 checkpoint is
+    Saving (:func:`mmvpt.utils.tuned_checkpoint.make_tuned_only`): ``state_dict`` keeps
+    :func:`tuned_state_keys` (prompts, their masks, the head, ...), and ``meta['mmvpt']``
+    records the prompt methods. A ViT-B CVPT P=10 checkpoint is
     then well under 1 MB instead of ~330 MB (the optimizer state, kept for resuming, holds
     only tuned tensors too).
 
@@ -42,22 +43,12 @@ class TunedCheckpointHook(Hook):
         self.tuned_only = tuned_only
 
     def before_save_checkpoint(self, runner, checkpoint):
-        model = unwrap(runner.model)
-        checkpoint.setdefault('meta', {})['mmvpt'] = dict(
-            tuned_only=self.tuned_only, prompts=describe_prompts(model))
-        if self.tuned_only:
-            keys = tuned_state_keys(model)
-            state = checkpoint['state_dict']
-            tuned = type(state)((k, v) for k, v in state.items() if k in keys)
-            if hasattr(state, '_metadata'):  # module versions; the backbone's pretrained file
-                tuned._metadata = state._metadata
-            checkpoint['state_dict'] = tuned
+        make_tuned_only(checkpoint, unwrap(runner.model), self.tuned_only)
 
     def after_load_checkpoint(self, runner, checkpoint):
         model = unwrap(runner.model)
         state = {k[len('module.'):] if k.startswith('module.') else k: v
                  for k, v in checkpoint.get('state_dict', checkpoint).items()}
-        meta = checkpoint.get('meta', {}).get('mmvpt', {})
         # Fail before anything is loaded (the backbone checks again, for the other routes).
         check_checkpoint_fit(model, state, getattr(runner, '_load_from', None) or 'checkpoint',
-                             meta.get('prompts'))
+                             saved_prompts(checkpoint.get('meta')))

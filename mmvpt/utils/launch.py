@@ -1,13 +1,15 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: pick the host library from the
-config, check mmvpt types up front, fit the config to the machine (CPU or GPU, single process
-or distributed) and start the process group."""
+"""Configs made ready for MMEngine's runner, as ``tools/train.py`` and ``tools/test.py``
+prepare them: pick the host library from the config, check mmvpt types up front, fit the
+config to the machine (CPU or GPU, single process or distributed), add test-time
+augmentation or a test output, and start the process group."""
+import copy
 import importlib
 import os
 import os.path as osp
 import subprocess
 
 import torch
-from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for tools)
+from mmengine.config import Config
 
 from mmvpt.registry import ALL_REGISTRIES
 from mmvpt.utils.checkpoint_loading import register_checkpoint_loader
@@ -179,6 +181,46 @@ def add_training_hooks(cfg):
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(str(h.get('type', '')).endswith('ParameterReportHook') for h in hooks):
         cfg.custom_hooks = hooks + [dict(type='mmvpt.ParameterReportHook')]
+    return cfg
+
+
+def _classification_tta(cfg):
+    """Flip averaging, for classification configs that bring no TTA of their own."""
+    if 'tta_model' not in cfg:
+        cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+    if 'tta_pipeline' not in cfg:
+        test_pipeline = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
+        *loading, pack = test_pipeline
+        flips = [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+                 dict(type='RandomFlip', prob=1.0, direction='horizontal')]
+        cfg.tta_pipeline = loading + [dict(type='TestTimeAug', transforms=[flips, [pack]])]
+
+
+def apply_tta(cfg):
+    """``--tta``: the test runs the config's ``tta_model`` on its ``tta_pipeline``
+    (segmentation: multi-scale + flip); classification configs without one get flip
+    averaging."""
+    if host_of(cfg) == 'mmpretrain':
+        _classification_tta(cfg)
+    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
+    if missing:
+        raise ConfigError(f'--tta: {cfg.filename} defines no {" / ".join(missing)}')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    return cfg
+
+
+def add_test_output(cfg, out):
+    """``tools/test.py --out``: classification dumps its predictions to the pickle file
+    ``out``, segmentation writes its predicted label PNGs to the folder ``out``."""
+    if host_of(cfg) == 'mmseg':
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    else:
+        evaluators = cfg.test_evaluator
+        evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
+        cfg.test_evaluator = evaluators + [dict(type='DumpResults', out_file_path=out)]
     return cfg
 
 
