@@ -1,5 +1,5 @@
 # CVPT on FGVC cars (196 classes).
-# 100 prompts, lr 0.002, wd 0.05, batch 16 (paper 001).
+# 100 prompts, lr 0.002, wd 0.05, batch 16 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/fgvc.py']
 
 task = 'cars'

@@ -1,5 +1,5 @@
 # CVPT on FGVC cub (200 classes).
-# 5 prompts, lr 0.0005, wd 0.05, batch 32 (paper 001).
+# 5 prompts, lr 0.0005, wd 0.05, batch 32 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/fgvc.py']
 
 task = 'cub'

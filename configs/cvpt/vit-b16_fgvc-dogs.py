@@ -1,5 +1,5 @@
 # CVPT on FGVC dogs (120 classes).
-# 10 prompts, lr 0.0002, wd 1e-05, batch 16 (paper 001).
+# 10 prompts, lr 0.0002, wd 1e-05, batch 16 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/fgvc.py']
 
 task = 'dogs'

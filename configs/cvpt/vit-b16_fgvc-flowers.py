@@ -1,5 +1,5 @@
 # CVPT on FGVC flowers (102 classes).
-# 5 prompts, lr 0.001, wd 0.05, batch 16 (paper 001).
+# 5 prompts, lr 0.001, wd 0.05, batch 16 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/fgvc.py']
 
 task = 'flowers'

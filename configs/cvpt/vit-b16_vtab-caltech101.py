@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k caltech101 (102 classes).
-# 200 prompts, lr 0.001 (paper 001).
+# 200 prompts, lr 0.001 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'caltech101'

@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k cifar (100 classes).
-# 10 prompts, lr 0.001 (paper 001).
+# 10 prompts, lr 0.001 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'cifar'

@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k clevr_dist (6 classes).
-# 50 prompts, lr 0.001 (paper 001).
+# 50 prompts, lr 0.001 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'clevr_dist'

@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k diabetic_retinopathy (5 classes).
-# 5 prompts, lr 0.005 (paper 001).
+# 5 prompts, lr 0.005 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'diabetic_retinopathy'

@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k dmlab (6 classes).
-# 200 prompts, lr 0.002 (paper 001).
+# 200 prompts, lr 0.002 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'dmlab'

@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k kitti (4 classes).
-# 20 prompts, lr 0.005 (paper 001).
+# 20 prompts, lr 0.005 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'kitti'

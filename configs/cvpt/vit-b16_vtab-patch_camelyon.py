@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k patch_camelyon (2 classes).
-# 1 prompts, lr 0.01 (paper 001).
+# 1 prompts, lr 0.01 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'patch_camelyon'

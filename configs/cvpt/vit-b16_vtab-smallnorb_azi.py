@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k smallnorb_azi (18 classes).
-# 50 prompts, lr 0.005 (paper 001).
+# 50 prompts, lr 0.005 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'smallnorb_azi'

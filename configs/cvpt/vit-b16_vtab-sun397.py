@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k sun397 (397 classes).
-# 10 prompts, lr 0.002 (paper 001).
+# 10 prompts, lr 0.002 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'sun397'

@@ -1,5 +1,5 @@
 # CVPT on VTAB-1k svhn (10 classes).
-# 5 prompts, lr 0.01 (paper 001).
+# 5 prompts, lr 0.01 (CVPT paper).
 _base_ = ['../_base_/methods/cvpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'svhn'

@@ -1,5 +1,5 @@
 # E2VPT on FGVC flowers with Swin-B ImageNet-22k; the recipe of the ViT-B config.
-# E2VPT: batch 80 on Swin (paper 002), lr 2.5 x batch / 256; pruning reaches the first stage only.
+# E2VPT: batch 80 on Swin (E2VPT paper), lr 2.5 x batch / 256; pruning reaches the first stage only.
 _base_ = ['./vit-b16_fgvc-flowers.py', '../_base_/models/swin-b.py']
 
 model = dict(backbone={{_base_.swin_b}}, head=dict(in_channels=1024))

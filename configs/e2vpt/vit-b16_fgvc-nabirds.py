@@ -1,5 +1,5 @@
 # E2VPT on FGVC nabirds (555 classes).
-# 5 visual / 5 key-value prompts (paper 002).
+# 5 visual / 5 key-value prompts (E2VPT paper).
 _base_ = ['../_base_/methods/e2vpt.py', '../_base_/datasets/fgvc.py']
 
 task = 'nabirds'

@@ -1,5 +1,5 @@
 # E2VPT on VTAB-1k clevr_dist (6 classes).
-# 10 visual / 5 key-value prompts (paper 002).
+# 10 visual / 5 key-value prompts (E2VPT paper).
 _base_ = ['../_base_/methods/e2vpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'clevr_dist'

@@ -1,5 +1,5 @@
 # E2VPT on VTAB-1k diabetic_retinopathy (5 classes).
-# 10 visual / 5 key-value prompts (paper 002).
+# 10 visual / 5 key-value prompts (E2VPT paper).
 _base_ = ['../_base_/methods/e2vpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'diabetic_retinopathy'

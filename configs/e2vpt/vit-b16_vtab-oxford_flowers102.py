@@ -1,5 +1,5 @@
 # E2VPT on VTAB-1k oxford_flowers102 (102 classes).
-# 1 visual / 1 key-value prompts (paper 002).
+# 1 visual / 1 key-value prompts (E2VPT paper).
 _base_ = ['../_base_/methods/e2vpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'oxford_flowers102'

@@ -1,5 +1,5 @@
 # iVPT on FGVC cub (200 classes).
-# N = 10 CDC prompts, k = 1 AR prompts (paper 003).
+# N = 10 CDC prompts, k = 1 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/fgvc.py']
 
 task = 'cub'

@@ -1,5 +1,5 @@
 # iVPT on FGVC flowers (102 classes).
-# N = 5 CDC prompts, k = 10 AR prompts (paper 003).
+# N = 5 CDC prompts, k = 10 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/fgvc.py']
 
 task = 'flowers'

@@ -1,5 +1,5 @@
 # iVPT on VTAB-1k caltech101 (102 classes).
-# N = 10 CDC prompts, k = 5 AR prompts (paper 003).
+# N = 10 CDC prompts, k = 5 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'caltech101'

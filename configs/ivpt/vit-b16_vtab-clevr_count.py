@@ -1,5 +1,5 @@
 # iVPT on VTAB-1k clevr_count (8 classes).
-# N = 100 CDC prompts, k = 50 AR prompts (paper 003).
+# N = 100 CDC prompts, k = 50 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'clevr_count'

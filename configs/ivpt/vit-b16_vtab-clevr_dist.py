@@ -1,5 +1,5 @@
 # iVPT on VTAB-1k clevr_dist (6 classes).
-# N = 50 CDC prompts, k = 100 AR prompts (paper 003).
+# N = 50 CDC prompts, k = 100 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'clevr_dist'

@@ -1,5 +1,5 @@
 # iVPT on VTAB-1k dmlab (6 classes).
-# N = 10 CDC prompts, k = 10 AR prompts (paper 003).
+# N = 10 CDC prompts, k = 10 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'dmlab'

@@ -1,5 +1,5 @@
 # iVPT on VTAB-1k patch_camelyon (2 classes).
-# N = 30 CDC prompts, k = 30 AR prompts (paper 003).
+# N = 30 CDC prompts, k = 30 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'patch_camelyon'

@@ -1,5 +1,5 @@
 # iVPT on VTAB-1k smallnorb_ele (9 classes).
-# N = 200 CDC prompts, k = 1 AR prompts (paper 003).
+# N = 200 CDC prompts, k = 1 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'smallnorb_ele'

@@ -1,5 +1,5 @@
 # iVPT on VTAB-1k sun397 (397 classes).
-# N = 5 CDC prompts, k = 1 AR prompts (paper 003).
+# N = 5 CDC prompts, k = 1 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'sun397'

@@ -1,5 +1,5 @@
 # iVPT on VTAB-1k svhn (10 classes).
-# N = 50 CDC prompts, k = 20 AR prompts (paper 003).
+# N = 50 CDC prompts, k = 20 AR prompts (iVPT paper).
 _base_ = ['../_base_/methods/ivpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'svhn'

@@ -1,4 +1,4 @@
-# CVPT (paper 001): AdamW wd 0.05, batch 32, 10 warm-up + cosine to 1e-5, 100 epochs,
+# CVPT (ICCV 2025): AdamW wd 0.05, batch 32, 10 warm-up + cosine to 1e-5, 100 epochs,
 # drop-path 0.1 on the frozen blocks, prompt dropout 0.1, cross-attention weight-shared with
 # the frozen self-attention at insert position 3.
 _base_ = ['../models/vit-b16.py', '../schedules/adamw_100e.py', '../default_runtime.py']

@@ -1,4 +1,4 @@
-# E2VPT (paper 002): VPT's recipe (SGD, batch 64) for stage 1, then token and segment pruning
+# E2VPT (Han et al., ICCV 2023): VPT's recipe (SGD, batch 64) for stage 1, then token and segment pruning
 # and rewinding, and stage 2 with the same recipe (the schedule restarts), 100 + 100 epochs.
 # Pruning fractions are searched 10%..90% in the paper; we chose 0.5 / 0.5 as defaults.
 _base_ = ['../models/vit-b16.py', '../schedules/sgd_100e.py', '../default_runtime.py']

@@ -1,4 +1,4 @@
-# iVPT (paper 003): SGD, 10 warm-up + 90 cosine epochs, random crop + flip at 224 for
+# iVPT (Zhou, Chen and Huang): SGD, 10 warm-up + 90 cosine epochs, random crop + flip at 224 for
 # training. The paper lists no lr / wd / batch: we chose VPT's defaults (base lr 2.5, wd
 # 1e-4, batch 64) and, where it names none, VPT-deep's prompt dropout 0.1.
 _base_ = ['../models/vit-b16.py', '../schedules/sgd_100e.py', '../default_runtime.py']
