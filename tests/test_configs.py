@@ -187,4 +187,5 @@ def test_new_dataset_by_inheriting_a_config(tmp_path):
     runner.train()
     assert type(runner.train_dataloader.dataset).__name__ == 'ListFileDataset'
     assert len(runner.train_dataloader.dataset) == 20
+    assert list(runner.test_dataloader.dataset.metainfo['classes']) == ['cat', 'dog', 'fox', 'owl', 'yak']
     assert runner.test()['accuracy/top1'] == pytest.approx(accuracy_by_hand(runner))

@@ -262,12 +262,14 @@ def test_same_result_twice_is_an_error(results_dir, tmp_path):
 
 def test_command_line_errors_are_one_line(results_dir, tmp_path):
     for args, message in (([str(tmp_path)], 'no final/summary.json'),
-                          ([results_dir, '--plot', str(tmp_path / 'nowhere' / 'report.png')],
-                           'its folder does not exist'),
                           ([str(tmp_path / 'absent')], 'absent is not a folder')):
         proc = run_tool('analysis/report.py', *args, check=False)
         assert proc.returncode == 1 and 'Traceback' not in proc.stderr
         assert proc.stderr.startswith('report.py: error: ') and message in proc.stderr
+    # --plot creates its folder
+    figure = tmp_path / 'new' / 'folder' / 'report.png'
+    run_tool('analysis/report.py', results_dir, '--plot', str(figure))
+    assert figure.read_bytes().startswith(b'\x89PNG\r\n\x1a\n')
     # the figure is a PNG
     proc = run_tool('analysis/report.py', results_dir, '--plot', str(tmp_path / 'report.pdf'),
                     check=False)

@@ -16,7 +16,7 @@ import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's 
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvpt.utils import (add_test_output, apply_tta, finish_distributed,  # noqa: E402
-                         init_distributed, prepare_config)
+                         init_distributed, prepare_config, run_cli)
 
 
 def parse_args(argv=None):
@@ -60,4 +60,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

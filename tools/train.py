@@ -13,7 +13,7 @@ import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's 
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvpt.utils import (add_training_hooks, enable_amp, finish_distributed,  # noqa: E402
-                         init_distributed, prepare_config)
+                         init_distributed, prepare_config, run_cli)
 
 
 def parse_args(argv=None):
@@ -69,4 +69,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

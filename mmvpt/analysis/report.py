@@ -33,6 +33,8 @@ dots per inch.
 import collections
 import csv
 import math
+import os
+import os.path as osp
 import statistics
 import sys
 
@@ -409,5 +411,6 @@ def write_figure(results, path):
         fig = build_figure(results)
     except ImportError as err:
         raise ReportError(f'--plot needs matplotlib: {err}') from None
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=DPI, format='png')
     return fig

@@ -4,9 +4,12 @@ config to the machine (CPU or GPU, single process or distributed), add test-time
 augmentation or a test output, and start the process group."""
 import copy
 import importlib
+import logging
 import os
 import os.path as osp
 import subprocess
+import sys
+import traceback
 
 import torch
 from mmengine.config import Config
@@ -23,6 +26,39 @@ _SYNC_BN_TYPES = {'SyncBN', 'MMSyncBN', 'mmseg.SyncBN', 'mmpretrain.SyncBN'}
 
 class ConfigError(ValueError):
     """A config value that cannot work, named with its place in the config."""
+
+
+# What a user's input raises (a config value, an option, a missing or unfitting file): such an
+# error ends a tool with one line, not a traceback.
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
+def run_cli(main, argv=None, name='mmvpt'):
+    """Runs a tool's ``main(argv)``. A user error (:data:`USER_ERRORS`) ends it with one line
+    ``mmvpt: <error>`` on stderr and exit status 1; its traceback goes to the run's log file
+    when MMEngine's runner has opened one (the line names it). Anything else raises as
+    usual."""
+    try:
+        return main(argv)
+    except USER_ERRORS as err:
+        log_file = _log_traceback()
+        where = f' (traceback in {log_file})' if log_file else ''
+        # a KeyError's str() is the repr of its message
+        message = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
+        print(f'{name}: {type(err).__name__}: {message}{where}', file=sys.stderr)
+        sys.exit(1)
+
+
+def _log_traceback():
+    """Writes the exception being handled to the current MMEngine log file, if any; returns
+    the file's path or None."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()  # the runner's, once it is built
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        handler.stream.write(traceback.format_exc())
+        handler.flush()
+    return files[0].baseFilename if files else None
 
 
 def host_of(cfg):

@@ -43,13 +43,15 @@ from mmvpt.utils.protocol_results import find_summaries  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='VTAB-1k / FGVC tables from protocol results')
+    parser = argparse.ArgumentParser(
+        description='VTAB-1k / FGVC tables from the final/summary.json files that tools/protocol.py '
+        'writes (it reads nothing else: runs of tools/train.py alone have no summary)')
     parser.add_argument('work_dirs', nargs='+', help='folders searched for final/summary.json')
     parser.add_argument('--markdown', help='also write the Markdown tables to this file')
     parser.add_argument('--csv', help='write the numbers at full precision to this CSV file')
     parser.add_argument(
         '--plot', metavar='FILE.png',
-        help='also write a PNG figure: a row of panels per benchmark (VTAB-1k, FGVC) in this '
+        help='also write a PNG figure (its folder is created): a row of panels per benchmark (VTAB-1k, FGVC) in this '
         'one file, with per-task bars per table row, the means as bars and, where a method '
         'has rows at several prompt counts P, its mean accuracy vs P')
     args = parser.parse_args(argv)
@@ -60,8 +62,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.plot and not osp.isdir(osp.dirname(osp.abspath(args.plot))):
-        raise ReportError(f'--plot {args.plot}: its folder does not exist')
     try:
         paths = find_summaries(args.work_dirs)
     except ValueError as err:

@@ -9,6 +9,7 @@ from mmengine.model import BaseModule
 from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
+from ..prompts.base import PromptMethod, check_method_options
 from ..utils.attention import join_kv, num_keys, project_kv
 from ..utils.tuned_state import check_checkpoint_fit
 
@@ -71,6 +72,9 @@ class PromptedBackbone(BaseModule):
         """Freezes the timm model if asked and builds the prompt method (or None)."""
         if frozen:
             self.timm_model.requires_grad_(False)
+        method_class = MODELS.get(prompt['type']) if isinstance(prompt, dict) and 'type' in prompt else None
+        if isinstance(method_class, type) and issubclass(method_class, PromptMethod):
+            check_method_options(method_class, prompt)
         self.prompt = None if prompt is None else MODELS.build(prompt, default_args=method_args)
 
     # -- the prompted block ----------------------------------------------------------

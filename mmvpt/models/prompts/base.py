@@ -32,6 +32,8 @@ tensors through the context, which gives every per-layer tensor a leading task a
 projected once per task, not per sample, and one task needs no code of its own.
 """
 import copy
+import difflib
+import inspect
 import math
 
 import torch
@@ -275,6 +277,36 @@ def display_name(prompt, frozen=True):
     if method is None:
         return name
     return method.name_for(**options) if hasattr(method, 'name_for') else (method.display_name or name)
+
+
+def method_options(method_class):
+    """The options a user may set on ``method_class``: its constructor's named arguments
+    and those of the classes it passes ``**kwargs`` on to, less what the backbone fills in
+    (``PromptMethod``'s own)."""
+    options = set()
+    for cls in method_class.__mro__:
+        if cls is PromptMethod or cls is nn.Module or cls is object:
+            break
+        params = inspect.signature(cls.__init__).parameters.values()
+        options.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    options.discard('self')
+    return options
+
+
+def check_method_options(method_class, cfg):
+    """Fails for an option ``method_class`` does not take, naming the method, the closest
+    valid option and all of them (rather than a ``TypeError`` of a base constructor)."""
+    options = method_options(method_class)
+    unknown = sorted(set(cfg) - options - {'type'})
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(key, options, n=1)
+    hint = f'; did you mean {close[0]!r}?' if close else ''
+    raise ValueError(f'{method_class.__name__} has no option {key!r}{hint} '
+                     f'({method_class.__name__} options: {", ".join(sorted(options))})')
 
 
 def _per_layer(name, value, num_layers):

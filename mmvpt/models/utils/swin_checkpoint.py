@@ -1,10 +1,10 @@
 """Pretrained Swin weights loaded into a timm SwinTransformer with timm's own converter."""
-import os.path as osp
 import re
 
 from timm.models.swin_transformer import checkpoint_filter_fn
 
-from .vit_checkpoint import CheckpointMismatchError, check_fit, read_state_dict, strip_wrappers
+from .vit_checkpoint import (CheckpointMismatchError, check_fit, check_pretrained_exists,
+                             read_state_dict, strip_wrappers)
 
 # Classification heads and buffers that timm rebuilds (the position index, shift masks).
 _IGNORED = re.compile(r'^head\.|relative_position_index$|attn_mask$')
@@ -15,8 +15,7 @@ def load_swin_pretrained(model, path):
     ``.safetensors`` and the official Microsoft checkpoints (``{'model': ...}``, patch
     merging at the end of a stage, e.g. ``swin_base_patch4_window7_224_22k.pth``), with
     relative-position tables resized for another window size."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'pretrained checkpoint {path!r} does not exist')
+    check_pretrained_exists(path)
     state = strip_wrappers(read_state_dict(path), 'swin.')
     if any(k.startswith('stages.') for k in state):
         raise CheckpointMismatchError(

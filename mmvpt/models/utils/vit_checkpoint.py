@@ -63,6 +63,16 @@ def openmmlab_vit_to_timm(state):
     return out
 
 
+def check_pretrained_exists(path):
+    """Fails with where such weights come from and how to point the config elsewhere."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'pretrained checkpoint {path!r} (model.backbone.init_cfg.checkpoint) does not exist; '
+            'put the weights there (README, "Benchmarks" and "Segmentation": which file each '
+            'config expects and where it comes from) or point the config elsewhere: '
+            '--cfg-options model.backbone.init_cfg.checkpoint=PATH')
+
+
 def read_state_dict(path):
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
@@ -136,8 +146,7 @@ def load_vit_pretrained(model, path, interpolate_mode='bicubic'):
     embedding to the model's grid. Formats: Google ``.npz`` (timm's ``_load_weights``),
     timm ``.pth`` / ``.bin`` / ``.safetensors``, MAE (``{'model': ...}``, decoder dropped),
     MoCo-v3 (``module.base_encoder.``), DeiT / OpenMMLab wrappings."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'pretrained checkpoint {path!r} does not exist')
+    check_pretrained_exists(path)
     if path.endswith('.npz'):
         _check_npz_fit(path, model)
         with torch.no_grad():
