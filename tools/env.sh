@@ -8,6 +8,12 @@
 # The environment lives outside the repository (default ~/.cache/mmvpt/venv-<hash>), keyed by a
 # hash of requirements/*.txt, so clean clones reuse it and a change of pins builds a new one.
 # Override the location with MMVPT_ENV=/path. Nothing here needs a GPU.
+#
+# Extras (requirements/extras/<name>.txt, listed in _MMVPT_EXTRAS) are installed into the
+# built environment afterwards, incrementally: they sit outside requirements/*.txt so that a
+# new pin there costs a pip install (seconds) instead of a new environment (20 minutes). A
+# stamp in the environment keyed by the file's hash marks an extra installed; a changed file
+# is installed again.
 set -o pipefail
 
 _mmvpt_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,6 +61,54 @@ _mmvpt_build_env() {
     echo "[mmvpt] environment ready: $env" >&2
 }
 
+# Installed into the test environment: data = tensorflow-datasets & co. for the dataset
+# converters and their tests (requirements/extras/data-tensorflow.txt, TensorFlow for
+# generating the real datasets, is not: 1.3 GB that no test uses); tests = the reference
+# implementations the tests compare with (Hugging Face peft).
+_MMVPT_EXTRAS=(data tests)
+
+_mmvpt_extra_stamp() {
+    local hash
+    hash="$(sha1sum < "$_mmvpt_root/requirements/extras/$2.txt" | cut -c1-10)" || return
+    echo "$1/.extra-$2-$hash"
+}
+
+_mmvpt_install_extra() {
+    local env="$1" name="$2" req="$_mmvpt_root/requirements" log="$1.extra-$2.log" stamp
+    stamp="$(_mmvpt_extra_stamp "$env" "$name")" || return
+    echo "[mmvpt] installing requirements/extras/$name.txt into $env (log: $log)" >&2
+    # `|| exit` on every step, as in _mmvpt_build_env; the core pins are constraints, so the
+    # extra can add packages but never move torch, numpy or mmcv.
+    (
+        "$env/bin/python" -m pip install --no-input --progress-bar off \
+            -r "$req/extras/$name.txt" -c "$req/build.txt" -c "$req/torch.txt" \
+            -c "$req/mmcv.txt" -c "$req/runtime.txt" || exit
+        rm -f "$env/.extra-$name-"*
+        touch "$stamp"
+    ) >"$log" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "[mmvpt] installing requirements/extras/$name.txt failed (exit $rc);" \
+            "the last lines of $log:" >&2
+        tail -n 30 "$log" >&2
+        return $rc
+    fi
+}
+
+_mmvpt_ensure_extras() {
+    local env="$1" name stamp
+    for name in "${_MMVPT_EXTRAS[@]}"; do
+        stamp="$(_mmvpt_extra_stamp "$env" "$name")" || return
+        [ -f "$stamp" ] && continue
+        exec 9>"$env.lock"
+        flock 9
+        if [ ! -f "$stamp" ]; then
+            _mmvpt_install_extra "$env" "$name" || { flock -u 9; return 1; }
+        fi
+        flock -u 9
+    done
+}
+
 # Where the environment is (built or not): the one place that knows, used by every caller.
 _mmvpt_env_path() {
     echo "${MMVPT_ENV:-$HOME/.cache/mmvpt/venv-$(_mmvpt_hash)}"
@@ -81,6 +135,7 @@ mmvpt_ensure_env() {
         fi
         flock -u 9
     fi
+    _mmvpt_ensure_extras "$env" || return 1
     export MMVPT_ENV="$env"
     export VIRTUAL_ENV="$env"
     export PATH="$env/bin:$PATH"

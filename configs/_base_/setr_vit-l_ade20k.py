@@ -27,5 +27,5 @@ model = dict(
 default_hooks = dict(checkpoint=dict(type='mmvpt.CheckpointHook'),
                      data_check=dict(type='mmvpt.DataCheckHook'))
 # The heads' lr x10 matches parameter names containing 'head' (decode_head, auxiliary_head);
-# no prompt parameter has 'head' in its name (tests/test_seg.py checks).
+# no prompt parameter has 'head' in its name (tests/test_configs/test_segmentation.py checks).
 custom_hooks = [dict(type='mmvpt.ParameterReportHook'), dict(type='mmvpt.TunedCheckpointHook')]

@@ -7,7 +7,7 @@ Everything is read through :func:`mmvpt.models.utils.probe_attention`, i.e. from
 attention functions the model runs. A model without a prompt method (linear probing, full
 fine-tuning) runs its blocks through the same function with a neutral
 :class:`~mmvpt.models.prompts.PromptMethod` (every extension point a no-op), which computes
-what timm's blocks compute (tests/test_attention_analysis.py checks it to 1e-6).
+what timm's blocks compute (tests/test_analysis/test_attention.py checks it to 1e-6).
 PromptedSwin is not supported: its attention is per window, so there is no per-image share
 of one softmax.
 

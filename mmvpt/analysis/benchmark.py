@@ -7,7 +7,8 @@ cost of serving several tasks on one backbone (:func:`measure_serving`).
 The model of a row is the backbone and a 100-class linear head (:class:`Classifier`). Rows
 (:data:`METHODS`): ``none``, the P=0 reference (the frozen backbone without prompts whose
 train step still back-propagates through every block), ``linear`` (linear probing),
-``full`` (full fine-tuning) and the prompt methods of :data:`VARIANTS` at each P > 0.
+``full`` (full fine-tuning), the prompt methods of :data:`VARIANTS` at each P > 0 and the
+adapter-style baselines of :data:`ADAPTER_ROWS` (one row each).
 """
 import collections
 import copy
@@ -43,12 +44,22 @@ VARIANTS = {
 # AR reinforces the image tokens the CLS token attends to most; Swin has no CLS token.
 SWIN_VARIANTS = dict(VARIANTS, ivpt=(' (no AR)', lambda p: dict(type='mmvpt.IVPT', num_tokens=p,
                                                                 num_ar_tokens=0)))
+# The adapter-style baselines, one row each (no prompt count): (what the name adds, config).
+ADAPTER_ROWS = {
+    'lora': (' (r=8, q v)', dict(type='mmvpt.LoRA', rank=8, targets=('q', 'v'))),
+    'adaptformer': (' (64)', dict(type='mmvpt.AdaptFormer', bottleneck=64)),
+    'adapter': (' (8, attn + mlp)', dict(type='mmvpt.Adapter', bottleneck=8)),
+    'ssf': ('', dict(type='mmvpt.SSF')),
+    'bitfit': ('', dict(type='mmvpt.BitFit')),
+}
 REFERENCE = 'none'  # the frozen backbone without prompts: the P=0 row every "x P=0" refers to
 LINEAR = 'linear'  # linear probing: no backward through the backbone
 FULL = 'full'  # full fine-tuning: every weight trains; the row every "x full" refers to
 BASELINES = {REFERENCE: 'none (frozen)', LINEAR: display_name(None, frozen=True),
              FULL: display_name(None, frozen=False)}
-METHODS = list(BASELINES) + list(VARIANTS)
+METHODS = list(BASELINES) + list(VARIANTS) + list(ADAPTER_ROWS)
+#: rows measured once, at P = 0
+UNPROMPTED = list(BASELINES) + list(ADAPTER_ROWS)
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 NUM_CLASSES = 100
 PROFILE_TOP = 15
@@ -90,11 +101,11 @@ def parse_profile_spec(text):
     if method not in METHODS:
         raise OptionError(f'{text}: unknown method {method!r}; choose from {",".join(METHODS)}')
     if not colon or not p.strip().isdigit():
-        raise OptionError(f'{text}: give METHOD:P, e.g. {method}:{0 if method in BASELINES else 10}')
+        raise OptionError(f'{text}: give METHOD:P, e.g. {method}:{0 if method in UNPROMPTED else 10}')
     p = int(p)
-    if method in BASELINES and p != 0:
+    if method in UNPROMPTED and p != 0:
         raise OptionError(f'{text}: {method} has no prompts; use {method}:0')
-    if method not in BASELINES and p == 0:
+    if method not in UNPROMPTED and p == 0:
         raise OptionError(f'{text}: a prompt method needs P > 0 (P=0 is the reference, none:0)')
     return method, p
 
@@ -139,9 +150,11 @@ def check_options(options):
     if o.multitask is not None:
         if any(n < 1 for n in o.multitask):
             raise OptionError('--multitask: task counts must be >= 1')
-        if not [m for m in o.methods if m not in BASELINES] or not [p for p in o.prompts if p > 0]:
-            raise OptionError('--multitask: needs a prompt method (--methods, not only none, '
-                              'linear, full) and a prompt count P > 0 (--prompts)')
+        served = [m for m in o.methods if m not in BASELINES]
+        if not served or (set(served) <= set(VARIANTS) and not [p for p in o.prompts if p > 0]):
+            raise OptionError('--multitask: needs a tuning method (--methods, not only none, '
+                              'linear, full) and, for a prompt method, a prompt count P > 0 '
+                              '(--prompts)')
         if o.with_cp:
             raise OptionError('--multitask measures inference: --with-cp does not apply')
         if o.amp is not None or o.compile or o.profile:
@@ -190,14 +203,21 @@ def variants_of(arch):
 
 
 def prompt_config(arch, method, p):
-    """The prompt config of a row (None for the baselines)."""
-    return None if method in BASELINES else variants_of(arch)[method][1](p)
+    """The prompt config of a row (None for linear probing, full fine-tuning and P=0)."""
+    if method in BASELINES:
+        return None
+    if method in ADAPTER_ROWS:
+        return dict(ADAPTER_ROWS[method][1])
+    return variants_of(arch)[method][1](p)
 
 
 def method_name(arch, method):
     """A row's name: the method's display name and what the variant adds to it."""
     if method in BASELINES:
         return BASELINES[method]
+    if method in ADAPTER_ROWS:
+        suffix, config = ADAPTER_ROWS[method]
+        return display_name(config) + suffix
     suffix, make = variants_of(arch)[method]
     return display_name(make(1)) + suffix
 
@@ -396,7 +416,7 @@ def row_keys(options):
     if 0 in options.prompts and REFERENCE not in options.methods:
         keys.append((REFERENCE, 0))
     for method in options.methods:
-        if method in BASELINES:
+        if method in UNPROMPTED:
             keys.append((method, 0))
         else:
             keys += [(method, p) for p in options.prompts if p > 0]
@@ -575,7 +595,8 @@ def time_serving(models, run, batch, img_size, device, steps, cpu_time=False):
 
 
 def measure_serving(arch, img_size, batch, method, p, options, on_row=None):
-    """Serving tasks of ``method`` (a key of VARIANTS) at P=``p`` on one backbone, eval mode,
+    """Serving tasks of ``method`` (a key of VARIANTS at P=``p``, or of ADAPTER_ROWS with
+    ``p`` 0) on one backbone, eval mode,
     no grad, for every N of ``options.multitask``: the rows of one table, each a dict: setup
     (SINGLE, MULTI or SEPARATE), tasks (N), backbones (held), weights (bytes of parameters
     and buffers), weights_x_one, peak (CUDA bytes, None on CPU), peak_x_one, rate (images

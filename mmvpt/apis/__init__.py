@@ -1,7 +1,7 @@
 from mmvpt.utils.launch import (SUPPORTED_HOSTS, ConfigError, adapt_to_device,
                                 add_training_hooks, check_mmvpt_types, enable_amp,
                                 finish_distributed, host_of, init_distributed, prepare_config)
-from .inference import infer_images, load_model
+from .inference import infer_images, load_model, merge_checkpoint
 from .multitask import MultiTaskModel
 from .multitask_eval import evaluate_tasks
 
@@ -9,4 +9,4 @@ from .multitask_eval import evaluate_tasks
 __all__ = ['SUPPORTED_HOSTS', 'ConfigError', 'adapt_to_device', 'add_training_hooks',
            'check_mmvpt_types', 'enable_amp', 'finish_distributed', 'host_of',
            'init_distributed', 'prepare_config', 'MultiTaskModel', 'infer_images', 'load_model',
-           'evaluate_tasks']
+           'merge_checkpoint', 'evaluate_tasks']

@@ -33,7 +33,9 @@ TUNED_LINE = re.compile(r'tuned parameters: ([\d,]+) of ([\d,]+)')
 # report's row order: what a summary that does not record its method is read as.
 METHOD_FOLDERS = dict(full=(None, False), linear=(None, True), vpt=('mmvpt.VPT', True),
                       e2vpt=('mmvpt.E2VPT', True), cvpt=('mmvpt.CVPT', True),
-                      ivpt=('mmvpt.IVPT', True))
+                      ivpt=('mmvpt.IVPT', True), lora=('mmvpt.LoRA', True),
+                      adaptformer=('mmvpt.AdaptFormer', True), adapter=('mmvpt.Adapter', True),
+                      ssf=('mmvpt.SSF', True), bitfit=('mmvpt.BitFit', True))
 
 
 class ProtocolError(RuntimeError):

@@ -5,7 +5,8 @@ Tuned parameters, train FLOPs, train-step time and memory of each method and pro
 
     python tools/analysis/benchmark.py [--arch vit_base_patch16_224 swin_base_patch4_window7_224]
         [--img-size 224] [--batch 8] [--prompts 0,10,50,100,200]
-        [--methods none,linear,full,vpt,vpt_batch,e2vpt,cvpt,cvpt_sample,ivpt]
+        [--methods none,linear,full,vpt,vpt_batch,e2vpt,cvpt,cvpt_sample,ivpt,
+                   lora,adaptformer,adapter,ssf,bitfit]
         [--amp bf16|fp16] [--compile [--compile-backend inductor]] [--with-cp]
         [--device cpu|cuda] [--steps N] [--warmup N] [--threads N] [--arch-cfg JSON]
         [--profile METHOD:P [--profile METHOD:P ...]]
@@ -28,7 +29,8 @@ The model is the backbone and a 100-class linear head (``Classifier``). Rows:
   trains. The "x full" ratios (step time and memory over full fine-tuning's) are there when
   ``full`` is in ``--methods`` (the default); full fine-tuning is not measured otherwise, as
   it needs gradients and AdamW moments of every weight.
-- the prompt methods, one row per P > 0.
+- the prompt methods, one row per P > 0;
+- the adapter-style baselines (LoRA, AdaptFormer, Adapter, SSF, BitFit), one row each.
 
 Columns: tuned params are the parameters the optimizer steps, the head's (100·C + 100)
 included. FLOPs are counted with torch's FlopCounterMode over one forward + backward, on
@@ -97,7 +99,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 import torch  # noqa: E402
 
-from mmvpt.analysis.benchmark import (AMP_DTYPES, BASELINES, FULL, METHODS,  # noqa: E402
+from mmvpt.analysis.benchmark import (ADAPTER_ROWS, AMP_DTYPES, BASELINES, FULL, METHODS,  # noqa: E402
                                       BenchmarkOptions, OptionError, check_options,
                                       default_img_size, describe_setting, measure_rows,
                                       measure_serving, method_name, parse_profile_spec,
@@ -278,9 +280,9 @@ def main(argv=None):
                 for method in options.methods:
                     if method in BASELINES:
                         continue
-                    for p in options.prompts:
-                        if p > 0:
-                            print_serving(arch, img_size, batch, method, p, options)
+                    counts = [0] if method in ADAPTER_ROWS else [p for p in options.prompts if p > 0]
+                    for p in counts:
+                        print_serving(arch, img_size, batch, method, p, options)
 
 
 if __name__ == '__main__':

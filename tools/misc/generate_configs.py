@@ -47,8 +47,30 @@ IVPT_VTAB = dict(
     clevr_dist=(50, 100), dmlab=(10, 10), kitti=(50, 10), dsprites_loc=(10, 1),
     dsprites_ori=(50, 1), smallnorb_azi=(50, 10), smallnorb_ele=(200, 1))
 IVPT_FGVC = dict(cub=(10, 1), nabirds=(50, 10), flowers=(5, 10), dogs=(10, 10), cars=(10, 10))
+# SSF lr / wd / drop-path per task, from the authors' train scripts (dongzelian/SSF,
+# train_scripts/vit/vtab/<task>/train_ssf.sh and train_scripts/vit/fgvc/<task>/train_ssf.sh):
+# AdamW, 100 epochs with 10 warm-up (the base schedule's), batch 32 on each of 2 GPUs. The
+# released 2-GPU versions; the repository's history also holds 1-GPU ones (batch 128, 200-250
+# epochs, some other lr) that we do not follow.
+SSF_VTAB = dict(
+    cifar=(5e-3, 5e-5, 0.), caltech101=(1e-3, 5e-2, 0.1), dtd=(5e-3, 5e-5, 0.),
+    oxford_flowers102=(5e-3, 5e-5, 0.), oxford_iiit_pet=(5e-3, 5e-5, 0.), svhn=(1e-2, 5e-5, 0.),
+    sun397=(5e-3, 5e-5, 0.), patch_camelyon=(5e-3, 5e-5, 0.), eurosat=(3e-3, 5e-2, 0.2),
+    resisc45=(2e-3, 5e-5, 0.1), diabetic_retinopathy=(5e-3, 5e-5, 0.2),
+    clevr_count=(2e-3, 5e-2, 0.1), clevr_dist=(5e-2, 5e-2, 0.1), dmlab=(5e-3, 5e-5, 0.1),
+    kitti=(1e-2, 5e-5, 0.), dsprites_loc=(1e-2, 5e-5, 0.), dsprites_ori=(5e-3, 5e-5, 0.2),
+    smallnorb_azi=(2e-2, 5e-5, 0.1), smallnorb_ele=(5e-3, 5e-2, 0.2))
+SSF_FGVC = dict(cub=(1e-2, 5e-2, 0.), nabirds=(2e-4, 5e-2, 0.1), flowers=(1e-2, 5e-2, 0.1),
+                dogs=(2.5e-4, 5e-2, 0.), cars=(2e-2, 5e-2, 0.))
+SSF_BATCH = 64  # 32 per GPU x 2 GPUs
+# LoRA / Adapter on VTAB-1k, one recipe for every task: NOAH's baseline scripts
+# (ZhangYuanhan-AI/NOAH, configs/{LoRA,Adapter}/VTAB/slurm_train_*_vtab.sh): AdamW, batch 64,
+# 100 epochs, rank / width 8; warm-up 10 epochs and drop-path 0.1 are supernet_train_prompt.py's
+# defaults. No source gives their FGVC recipe, nor AdaptFormer's or BitFit's on either benchmark.
+NOAH_VTAB = dict(lr=1e-3, weight_decay=1e-4, batch=64)
 
-METHODS = ('vpt', 'e2vpt', 'cvpt', 'ivpt', 'linear', 'full')
+METHODS = ('vpt', 'e2vpt', 'cvpt', 'ivpt', 'linear', 'full', 'lora', 'adaptformer', 'adapter', 'ssf',
+           'bitfit')
 
 
 def method_name(method):
@@ -58,8 +80,9 @@ def method_name(method):
 
 
 def recipe(method, benchmark, task):
-    """(prompt options, dataloader options, optimizer options, note) for one task."""
-    prompt, loader, optimizer, note = {}, {}, {}, ''
+    """(prompt options, other backbone options, dataloader options, optimizer options, note)
+    for one task."""
+    prompt, backbone, loader, optimizer, note = {}, {}, {}, {}, ''
     if method == 'vpt':
         prompt = dict(num_tokens=10)
         note = '10 prompts is our default; VPT tuned the prompt length per task.'
@@ -82,7 +105,24 @@ def recipe(method, benchmark, task):
         tokens, ar = (IVPT_VTAB if benchmark == 'vtab' else IVPT_FGVC)[task]
         prompt = dict(num_tokens=tokens, num_ar_tokens=ar)
         note = f'N = {tokens} CDC prompts, k = {ar} AR prompts (iVPT paper).'
-    return prompt, loader, optimizer, note
+    elif method == 'ssf':
+        lr, wd, drop_path = (SSF_VTAB if benchmark == 'vtab' else SSF_FGVC)[task]
+        backbone, loader = dict(drop_path_rate=drop_path), dict(batch_size=SSF_BATCH)
+        optimizer = dict(lr=lr, weight_decay=wd)
+        note = (f'lr {lr:g}, wd {wd:g}, drop-path {drop_path:g}, batch 32 x 2 GPUs '
+                "(SSF's train script for this task).")
+    elif method in ('lora', 'adapter') and benchmark == 'vtab':
+        optimizer = dict(lr=NOAH_VTAB['lr'], weight_decay=NOAH_VTAB['weight_decay'])
+        loader = dict(batch_size=NOAH_VTAB['batch'])
+        note = (f"lr {optimizer['lr']:g}, wd {optimizer['weight_decay']:g}, batch {loader['batch_size']} "
+                f"(NOAH's VTAB-1k {method_name(method)} script).")
+    elif method in ('lora', 'adapter'):
+        note = "lr 1e-3, wd 1e-4, batch 64: NOAH's VTAB-1k recipe as our default; no source gives FGVC's."
+    elif method == 'adaptformer':
+        note = "lr 1e-3, wd 1e-4, batch 64: our default; AdaptFormer's code has no VTAB-1k or FGVC recipe."
+    elif method == 'bitfit':
+        note = 'lr 1e-3, wd 1e-4, batch 64: our default; no source gives a BitFit recipe here.'
+    return prompt, backbone, loader, optimizer, note
 
 
 def _kwargs(options):
@@ -91,10 +131,12 @@ def _kwargs(options):
 
 def render(method, benchmark, task):
     classes = (VTAB_CLASSES if benchmark == 'vtab' else FGVC_CLASSES)[task]
-    prompt, loader, optimizer, note = recipe(method, benchmark, task)
+    prompt, backbone, loader, optimizer, note = recipe(method, benchmark, task)
     dataset_base = 'vtab1k' if benchmark == 'vtab' else 'fgvc'
     title = 'VTAB-1k' if benchmark == 'vtab' else 'FGVC'
-    backbone = f'backbone=dict(prompt=dict({_kwargs(prompt)})), ' if prompt else ''
+    backbone = _kwargs(backbone) + (', ' if backbone and prompt else '') + (
+        f'prompt=dict({_kwargs(prompt)})' if prompt else '')
+    backbone = f'backbone=dict({backbone}), ' if backbone else ''
     dataset = 'task=task'
     if method == 'ivpt':
         dataset += ', pipeline={{_base_.ivpt_train_pipeline}}'

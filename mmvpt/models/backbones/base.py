@@ -1,6 +1,8 @@
 """What the prompted backbones share: a frozen timm model built by name, a prompt method
 plugged in through one block routine, pretrained weights through ``init_cfg``, and
 tuned-only checkpoints loading on top of them by any route."""
+from functools import partial
+
 import timm
 import torch
 import torch.nn as nn
@@ -10,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
 from ..prompts.base import PromptMethod, check_method_options
-from ..utils.attention import join_kv, num_keys, project_kv
+from ..utils.attention import join_kv, mlp_forward, num_keys, project_kv, run_op
 from ..utils.tuned_state import check_checkpoint_fit
 
 _IDENTITY = nn.Identity()
@@ -140,17 +142,20 @@ class PromptedBackbone(BaseModule):
                                       ones(B, self.sequence_keys(block, x, num_carried) + num_keys(after))], 1)
             before = join_kv(before, ctx.per_sample(project_kv(block.attn, block.norm1(tokens))))
         wants_row = method.wants_cls_attention(layer)
+        op = self.op_of(ctx, layer)
 
         def cross_attend(position, h):
             return method.cross_attend(ctx, layer, position, h, block.attn)
 
         x = _plus(x, cross_attend(1, x))
-        attended, row = self.attend(block, block.norm1(x), grid, num_carried, before, after, key_mask,
-                                    wants_row)
-        x = _plus(x + block.drop_path1(getattr(block, 'ls1', _IDENTITY)(attended)), cross_attend(2, x))
+        attended, row = self.attend(block, run_op(op, 'norm1', block.norm1, x), grid, num_carried,
+                                    before, after, key_mask, wants_row, op)
+        attended = block.drop_path1(getattr(block, 'ls1', _IDENTITY)(attended))
+        x = _plus(x + method.branch(ctx, layer, 'attn', x, attended), cross_attend(2, x))
         x = _plus(x, cross_attend(3, x))
-        h = _plus(block.norm2(x), cross_attend(4, x))
-        x = x + block.drop_path2(getattr(block, 'ls2', _IDENTITY)(block.mlp(h)))
+        h = _plus(run_op(op, 'norm2', block.norm2, x), cross_attend(4, x))
+        mlp = block.mlp(h) if op is None else mlp_forward(block.mlp, h, op)
+        x = x + method.branch(ctx, layer, 'mlp', x, block.drop_path2(getattr(block, 'ls2', _IDENTITY)(mlp)))
         x = _plus(x, cross_attend(5, x))
         if wants_row:
             image_start = prefix + num_carried
@@ -158,9 +163,19 @@ class PromptedBackbone(BaseModule):
             x = method.after_block(ctx, layer, x, row[:, key_start:key_start + num_image], image_start)
         return x
 
-    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row):
-        """Block attention on the normalised sequence ``x`` with extra keys/values: (B, S, C)
-        outputs, and the CLS attention row over every key if ``cls_row``, else None."""
+    def op_of(self, ctx, layer):
+        """``op(name, module, x)`` that runs block ``layer``'s (or, with ``layer`` None, the
+        embedding's and final norm's) frozen operations through the method's ``adapt``, or
+        None where the method changes none of them."""
+        method = self.prompt
+        if method is None or not method.adapts_ops:
+            return None
+        return partial(method.adapt, ctx, layer)
+
+    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row, op):
+        """Block attention on the normalised sequence ``x`` with extra keys/values, its
+        projections through ``op`` (:meth:`op_of`): (B, S, C) outputs, and the CLS attention
+        row over every key if ``cls_row``, else None."""
         raise NotImplementedError
 
     def plain_block(self, block, x, grid):
@@ -243,11 +258,35 @@ class PromptedBackbone(BaseModule):
             if not key.startswith('prompt.'):
                 state_dict.setdefault(prefix + key, value)
 
+    def merge_method(self):
+        """Folds the method into the frozen weights where it can be (LoRA, SSF, BitFit):
+        the plain timm model then computes what the method did, at no extra cost, and
+        the backbone runs without a method. Returns the backbone."""
+        method = self.prompt
+        if method is None:
+            return self
+        if getattr(method, 'num_tasks', None) is not None:
+            raise ValueError('a method holding several tasks cannot be merged into one backbone')
+        merge_into = getattr(method, 'merge_into', None)
+        if merge_into is None:
+            raise NotImplementedError(f'{type(method).__name__} adds tokens, keys or a cross-attention: '
+                                      'it cannot be merged into the frozen weights')
+        with torch.no_grad():
+            merge_into(self)
+        self.prompt = None
+        return self
+
     def bind_prompt(self):
         """Lets the method read the backbone's current weights (CVPT's own cross-attention
         copies start from the blocks' attention)."""
         if self.prompt is not None:
             self.prompt.bind_backbone(self.blocks)
+
+
+def _mlp_dim(block):
+    """The hidden width of a timm block's MLP (its first linear's outputs)."""
+    fc1 = getattr(block.mlp, 'fc1', None)
+    return fc1.out_features if isinstance(fc1, nn.Linear) else 4 * block.norm1.normalized_shape[0]
 
 
 def _plus(x, term):

@@ -3,9 +3,9 @@ import torch
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
 
 from mmvpt.registry import MODELS
-from ..utils.attention import window_attention
+from ..utils.attention import run_op, window_attention
 from ..utils.swin_checkpoint import load_swin_pretrained
-from .base import PromptedBackbone
+from .base import PromptedBackbone, _mlp_dim
 
 OUT_TYPES = ('avg_featmap', 'featmap')
 
@@ -86,7 +86,8 @@ class PromptedSwin(PromptedBackbone):
             embed_dim=[b.norm1.normalized_shape[0] for b in self.blocks],
             num_heads=[b.attn.num_heads for b in self.blocks],
             patch_size=swin.patch_embed.patch_size[0],
-            qkv_bias=self.blocks[0].attn.qkv.bias is not None, has_cls_token=False)
+            qkv_bias=self.blocks[0].attn.qkv.bias is not None, has_cls_token=False,
+            mlp_dim=[_mlp_dim(b) for b in self.blocks])
 
     @property
     def timm_model(self):
@@ -111,11 +112,11 @@ class PromptedSwin(PromptedBackbone):
         load_swin_pretrained(self.swin, path)
 
     # -- forward -------------------------------------------------------------------------
-    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row):
+    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row, op):
         if cls_row:
             raise ValueError(f'{type(self.prompt).__name__} asks for the CLS attention row; '
                              'PromptedSwin has no CLS token')
-        return window_attention(block, x, grid, before, after, key_mask, num_carried), None
+        return window_attention(block, x, grid, before, after, key_mask, num_carried, op), None
 
     def plain_block(self, block, x, grid):
         return block(x.unflatten(1, grid)).flatten(1, 2)
@@ -126,8 +127,9 @@ class PromptedSwin(PromptedBackbone):
     def forward(self, img, tasks=None):
         """``tasks``: (B,) task index per sample when the method holds several tasks'
         tensors (``mmvpt.apis.MultiTaskModel``)."""
-        x = self.swin.patch_embed(img)  # (B, H, W, C)
-        ctx = self.start(x.shape[0], tasks)
+        ctx = self.start(img.shape[0], tasks)
+        op = self.op_of(ctx, None)
+        x = run_op(op, 'patch_embed', self.swin.patch_embed, img)  # (B, H, W, C)
         outs = []
         layer = 0
         prompts = None  # VPT-shallow's carried set, or the pooled last block's prompt outputs
@@ -144,8 +146,8 @@ class PromptedSwin(PromptedBackbone):
             prompts = seq[:, :num_prompts] if num_prompts else None
             x = seq[:, num_prompts:].reshape(B, H, W, C)
             if index == self.num_stages - 1 and self.final_norm:
-                x = self.swin.norm(x)
-                prompts = None if prompts is None else self.swin.norm(prompts)
+                x = run_op(op, 'norm', self.swin.norm, x)
+                prompts = None if prompts is None else run_op(op, 'norm', self.swin.norm, prompts)
             if index in self.out_indices:
                 outs.append(self._pool(x, prompts if self.pool_prompts else None)
                             if self.out_type == 'avg_featmap'

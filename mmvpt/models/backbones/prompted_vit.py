@@ -4,9 +4,9 @@ from timm.layers import Attention, resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from mmvpt.registry import MODELS
-from ..utils.attention import self_attention
+from ..utils.attention import run_op, self_attention
 from ..utils.vit_checkpoint import load_vit_pretrained
-from .base import PromptedBackbone
+from .base import PromptedBackbone, _mlp_dim
 
 OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap')
 
@@ -78,7 +78,8 @@ class PromptedViT(PromptedBackbone):
         self.build_prompt(
             frozen, prompt, num_layers=self.num_layers, embed_dim=self.embed_dims,
             num_heads=attn.num_heads, patch_size=vit.patch_embed.patch_size[0],
-            qkv_bias=attn.qkv.bias is not None, has_cls_token=vit.cls_token is not None)
+            qkv_bias=attn.qkv.bias is not None, has_cls_token=vit.cls_token is not None,
+            mlp_dim=[_mlp_dim(b) for b in vit.blocks])
 
     @property
     def timm_model(self):
@@ -100,13 +101,14 @@ class PromptedViT(PromptedBackbone):
         load_vit_pretrained(self.vit, path, interpolate_mode=self.interpolate_mode)
 
     # -- forward -------------------------------------------------------------------------
-    def embed(self, img):
-        """Patch + position embedding (resized for another grid), prefix tokens."""
+    def embed(self, img, op=None):
+        """Patch + position embedding (resized for another grid), prefix tokens; the patch
+        embedding through ``op`` (:meth:`op_of`)."""
         vit = self.vit
         B = img.shape[0]
         patch = vit.patch_embed.patch_size
         grid = (-(-img.shape[-2] // patch[0]), -(-img.shape[-1] // patch[1]))  # padded up
-        x = vit.patch_embed(img)
+        x = run_op(op, 'patch_embed', vit.patch_embed, img)
         pos_embed = vit.pos_embed
         if pos_embed is not None and tuple(grid) != tuple(vit.patch_embed.grid_size):
             pos_embed = resample_abs_pos_embed(
@@ -123,8 +125,8 @@ class PromptedViT(PromptedBackbone):
         x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
         return x, grid
 
-    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row):
-        return self_attention(block.attn, x, before, after, key_mask, cls_row)
+    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row, op):
+        return self_attention(block.attn, x, before, after, key_mask, cls_row, op)
 
     def plain_block(self, block, x, grid):
         return block(x)
@@ -135,13 +137,14 @@ class PromptedViT(PromptedBackbone):
     def forward(self, img, tasks=None):
         """``tasks``: (B,) task index per sample when the method holds several tasks'
         tensors (``mmvpt.apis.MultiTaskModel``)."""
-        x, grid = self.embed(img)
-        ctx = self.start(x.shape[0], tasks)
+        ctx = self.start(img.shape[0], tasks)
+        op = self.op_of(ctx, None)
+        x, grid = self.embed(img, op)
         outs = []
         for i in range(self.out_indices[-1] + 1):  # later blocks would reach no output
             x = self.run_block(i, x, ctx, grid)
             if i == self.num_layers - 1 and self.final_norm:
-                x = self.vit.norm(x)
+                x = run_op(op, 'norm', self.vit.norm, x)
             if i in self.out_indices:
                 outs.append(self._format(x, x.shape[1] - grid[0] * grid[1], grid))
         return tuple(outs)

@@ -18,6 +18,15 @@ point                asked                                     used by
                      of the block
 ``after_block``      update of the tokens after block l, given iVPT (attentive
                      the CLS attention row over image tokens   reinforcement)
+``adapt``            the output of a frozen operation (norm1,  LoRA, SSF, BitFit
+                     qkv, proj, norm2, fc1, fc2 of block l;
+                     the patch embedding and final norm),
+                     given its module and input; asked only
+                     of a method with ``adapts_ops``
+``branch``           the attention or MLP branch's output      Adapter, AdaptFormer
+                     (after layer scale and drop-path, before
+                     it joins the residual stream), given the
+                     stream it branched from
 ===================  ========================================  ==============================
 
 ``start`` runs once per forward and returns what is the same for every block call of that
@@ -95,6 +104,7 @@ class PromptMethod(nn.Module):
         qkv_bias: whether the backbone's qkv projection has a bias.
         has_cls_token: whether the backbone has a CLS token (iVPT's attentive
             reinforcement needs one).
+        mlp_dim: hidden width of the blocks' MLPs: an int, or one per block (default 4 D).
     """
     #: the name tables and reports print (:func:`display_name`)
     display_name = None
@@ -103,13 +113,18 @@ class PromptMethod(nn.Module):
     #: names of the method's per-layer tensors that :meth:`start` slices into layers for
     #: the forward (``ctx.at(name, layer)``)
     per_layer = ()
+    #: the backbone runs the frozen operations through :meth:`adapt` (and so takes
+    #: timm's fused paths apart: only methods that change those operations set it)
+    adapts_ops = False
 
     def __init__(self, num_layers, embed_dim, num_heads, patch_size=16, qkv_bias=True,
-                 has_cls_token=True):
+                 has_cls_token=True, mlp_dim=None):
         super().__init__()
         self.num_layers = num_layers
         self.layer_dims = _per_layer('embed_dim', embed_dim, num_layers)
         self.layer_heads = _per_layer('num_heads', num_heads, num_layers)
+        self.layer_mlp_dims = (tuple(4 * d for d in self.layer_dims) if mlp_dim is None
+                               else _per_layer('mlp_dim', mlp_dim, num_layers))
         #: [(first layer, end layer)] of runs of blocks with the same width and heads
         self.stages = []
         for layer, shape in enumerate(zip(self.layer_dims, self.layer_heads)):
@@ -248,6 +263,17 @@ class PromptMethod(nn.Module):
         :meth:`mmvpt.models.backbones.base.PromptedBackbone.forward_block`) of block
         ``layer``, or None: most methods add none anywhere."""
         return None
+
+    def adapt(self, ctx, layer, name, module, x):
+        """The output of the frozen ``module`` (named ``name``: ``'norm1'``, ``'qkv'``,
+        ``'proj'``, ``'norm2'``, ``'fc1'``, ``'fc2'`` of block ``layer``; ``'patch_embed'``
+        and ``'norm'`` with ``layer`` None) on ``x``; asked only if :attr:`adapts_ops`."""
+        return module(x)
+
+    def branch(self, ctx, layer, name, x, out):
+        """Block ``layer``'s ``name`` branch (``'attn'`` or ``'mlp'``) output ``out`` as it
+        joins the residual stream ``x`` (``x + out``)."""
+        return out
 
     def wants_cls_attention(self, layer):
         return False

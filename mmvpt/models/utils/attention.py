@@ -78,6 +78,18 @@ def project_kv(attn, tokens):
     return _part(attn, 'k_norm')(k), v
 
 
+def run_op(op, name, module, x):
+    """``module(x)``, or through ``op(name, module, x)`` when a method adapts the frozen
+    operations (:meth:`~mmvpt.models.prompts.base.PromptMethod.adapt`)."""
+    return module(x) if op is None else op(name, module, x)
+
+
+def mlp_forward(mlp, x, op=None):
+    """timm ``Mlp.forward`` with its two linears through :func:`run_op`."""
+    x = mlp.drop1(mlp.act(run_op(op, 'fc1', mlp.fc1, x)))
+    return mlp.drop2(run_op(op, 'fc2', mlp.fc2, mlp.norm(x)))
+
+
 def _expand_batch(t, batch_size):
     """(H, L, d) or (1|B, H, L, d) -> (B, H, L, d) as a view."""
     if t.dim() == 3:
@@ -105,7 +117,7 @@ def join_kv(first, second):
                  for a, b in zip(first, second))
 
 
-def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=False):
+def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=False, op=None):
     """timm ``Attention.forward`` plus extra keys/values and the CLS attention row.
 
     Args:
@@ -121,13 +133,14 @@ def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=Fals
         cls_row: also return the attention of the first query (CLS) to every key,
             softmax over all keys and mean over heads, (B, num_keys). It is one
             (1 x d) @ (d x keys) product per head; no full attention matrix is formed.
+        op: the qkv and output projections through ``op`` (:func:`run_op`).
 
     Returns:
         (B, N, C) outputs after the projection, and the CLS row or None.
     """
     B, N, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
-    q, k, v = attn.qkv(x).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = run_op(op, 'qkv', attn.qkv, x).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     k = attn.k_norm(k)
     if before is not None or after is not None:
         # The joined keys and values are new tensors. A query of its own (one copy) lets
@@ -150,7 +163,7 @@ def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=Fals
         with torch.autocast(q.device.type, enabled=False):
             row = _probabilities(q[:, :, :1], k, attn.scale, mask).mean(1)[:, 0]
     out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)
-    out = attn.proj_drop(attn.proj(attn.norm(out)))
+    out = attn.proj_drop(run_op(op, 'proj', attn.proj, attn.norm(out)))
     if _PROBES:
         report_probe('self', attn=attn, probs=_probabilities(q, k, attn.scale, mask), output=out.detach(),
                      num_before=num_keys(before), num_after=num_keys(after))
@@ -299,7 +312,8 @@ def _shift_mask(block, shifted):
     return mask
 
 
-def window_attention(block, x, grid, before=None, after=None, key_mask=None, num_prompts=0):
+def window_attention(block, x, grid, before=None, after=None, key_mask=None, num_prompts=0,
+                     op=None):
     """timm ``SwinTransformerBlock._attn`` (shifted windows, relative-position bias, shift
     mask) with prompts that every window attends to.
 
@@ -317,6 +331,7 @@ def window_attention(block, x, grid, before=None, after=None, key_mask=None, num
             a block whose prompt outputs are never used.
         key_mask: optional (B, num_keys) bool over a window's keys [before, prompts, window
             tokens, after], False for keys no query may attend to.
+        op: the qkv and output projections through ``op`` (:func:`run_op`).
 
     Returns:
         (B, P + H * W, C) outputs, laid out as ``x``.
@@ -335,11 +350,11 @@ def window_attention(block, x, grid, before=None, after=None, key_mask=None, num
     windows = window_partition(shifted, window).view(-1, block.window_area, C)
     mask = _shift_mask(block, shifted)
     prompt_out = None
-    if before is None and after is None and not P:
+    if before is None and after is None and not P and op is None:
         out = block.attn(windows, mask=mask)
     else:
         out, prompt_out = _prompted_window_attention(block.attn, windows, mask, x[:, :P], before, after,
-                                                     key_mask)
+                                                     key_mask, op)
     out = window_reverse(out.view(-1, window[0], window[1], C), window, Hp, Wp)[:, :H, :W]
     if has_shift:
         out = torch.roll(out, shifts=shift, dims=(1, 2))
@@ -347,21 +362,27 @@ def window_attention(block, x, grid, before=None, after=None, key_mask=None, num
     return out if prompt_out is None else torch.cat([prompt_out, out], dim=1)
 
 
-def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_mask=None):
+def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_mask=None, op=None):
     """``WindowAttention.forward`` over (B * nW, N, C) windows plus (B, P, C) prompt
     tokens and extra keys/values; see :func:`window_attention`."""
     num_windows_total, N, C = windows.shape
     B, P = prompts.shape[:2]
     num_windows = num_windows_total // B
     heads, head_dim, width = _widths(attn)
-    q, k, v = attn.qkv(windows).reshape(-1, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    if op is not None:  # a method's operations see each sample's tokens: (B, nW * N, C)
+        per_sample_op = op
+
+        def op(name, module, t):
+            return per_sample_op(name, module, t.reshape(B, -1, t.shape[-1])).reshape(*t.shape[:-1], -1)
+    q, k, v = run_op(op, 'qkv', attn.qkv, windows).reshape(-1, N, 3, heads, head_dim).permute(
+        2, 0, 3, 1, 4).unbind(0)
 
     def per_window(t):  # (H, L, d) or (1|B, H, L, d) -> (B * nW, H, L, d), in q's dtype
         t = _expand_batch(_as_dtype(t, q.dtype), B)
         return t.unsqueeze(1).expand(-1, num_windows, -1, -1, -1).reshape(-1, *t.shape[1:])
 
     if P:  # projected once per sample, then shared by its windows
-        pq, pk, pv = (per_window(t) for t in attn.qkv(prompts).reshape(
+        pq, pk, pv = (per_window(t) for t in run_op(op, 'qkv', attn.qkv, prompts).reshape(
             B, P, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0))
         q, k, v = (torch.cat([p, t], dim=2) for p, t in ((pq, q), (pk, k), (pv, v)))
     elif before is not None or after is not None:  # see self_attention: frees the qkv output
@@ -390,5 +411,6 @@ def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_
     out = out.transpose(1, 2).reshape(-1, P + N, width)
     prompt_out = None
     if P:  # the mean over windows first: the projection is linear
-        prompt_out = attn.proj_drop(attn.proj(out[:, :P].reshape(B, num_windows, P, width).mean(1)))
-    return attn.proj_drop(attn.proj(out[:, P:])), prompt_out
+        prompt_out = attn.proj_drop(run_op(op, 'proj', attn.proj,
+                                           out[:, :P].reshape(B, num_windows, P, width).mean(1)))
+    return attn.proj_drop(run_op(op, 'proj', attn.proj, out[:, P:])), prompt_out

@@ -1,0 +1,10 @@
+# BitFit on FGVC nabirds (555 classes).
+# lr 1e-3, wd 1e-4, batch 64: our default; no source gives a BitFit recipe here.
+_base_ = ['../_base_/methods/bitfit.py', '../_base_/datasets/fgvc.py']
+
+task = 'nabirds'
+model = dict(head=dict(num_classes=555))
+data_preprocessor = dict(num_classes=555)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

@@ -1,0 +1,10 @@
+# BitFit on VTAB-1k kitti (4 classes).
+# lr 1e-3, wd 1e-4, batch 64: our default; no source gives a BitFit recipe here.
+_base_ = ['../_base_/methods/bitfit.py', '../_base_/datasets/vtab1k.py']
+
+task = 'kitti'
+model = dict(head=dict(num_classes=4))
+data_preprocessor = dict(num_classes=4)
+train_dataloader = dict(dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))

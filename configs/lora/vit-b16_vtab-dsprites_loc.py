@@ -1,0 +1,11 @@
+# LoRA on VTAB-1k dsprites_loc (16 classes).
+# lr 0.001, wd 0.0001, batch 64 (NOAH's VTAB-1k LoRA script).
+_base_ = ['../_base_/methods/lora.py', '../_base_/datasets/vtab1k.py']
+
+task = 'dsprites_loc'
+model = dict(head=dict(num_classes=16))
+data_preprocessor = dict(num_classes=16)
+train_dataloader = dict(batch_size=64, dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))
+optim_wrapper = dict(optimizer=dict(lr=0.001, weight_decay=0.0001))

@@ -1,0 +1,11 @@
+# SSF on FGVC cars (196 classes).
+# lr 0.02, wd 0.05, drop-path 0, batch 32 x 2 GPUs (SSF's train script for this task).
+_base_ = ['../_base_/methods/ssf.py', '../_base_/datasets/fgvc.py']
+
+task = 'cars'
+model = dict(backbone=dict(drop_path_rate=0.0), head=dict(num_classes=196))
+data_preprocessor = dict(num_classes=196)
+train_dataloader = dict(batch_size=64, dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))
+optim_wrapper = dict(optimizer=dict(lr=0.02, weight_decay=0.05))

@@ -1,0 +1,11 @@
+# SSF on FGVC nabirds (555 classes).
+# lr 0.0002, wd 0.05, drop-path 0.1, batch 32 x 2 GPUs (SSF's train script for this task).
+_base_ = ['../_base_/methods/ssf.py', '../_base_/datasets/fgvc.py']
+
+task = 'nabirds'
+model = dict(backbone=dict(drop_path_rate=0.1), head=dict(num_classes=555))
+data_preprocessor = dict(num_classes=555)
+train_dataloader = dict(batch_size=64, dataset=dict(task=task))
+val_dataloader = dict(dataset=dict(task=task))
+test_dataloader = dict(dataset=dict(task=task))
+optim_wrapper = dict(optimizer=dict(lr=0.0002, weight_decay=0.05))

@@ -1,0 +1,90 @@
+"""LoRA (Hu et al., ICLR 2022): a low-rank update B A of frozen projections, W x + s B A x.
+
+On the query and value rows of each block's fused qkv projection by default, the setting of
+the VTAB-1k tables; ``'qkv'`` updates the fused projection as one linear (what Hugging Face
+peft does when pointed at a timm ViT's ``qkv``), and ``'proj'``, ``'fc1'``, ``'fc2'`` the
+other linears."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmvpt.registry import MODELS
+from ..prompts.base import check_positive
+from .base import QKV_ROWS, AdapterMethod, kaiming_rows, op_module
+
+LORA_TARGETS = QKV_ROWS + ('qkv', 'proj', 'fc1', 'fc2')
+
+
+@MODELS.register_module()
+class LoRA(AdapterMethod):
+    """Low-rank updates of the frozen linears.
+
+    Args:
+        rank: r, the inner width of each update.
+        alpha: the update is scaled by alpha / r (default: alpha = r, scale 1).
+        targets: which linears: ``'q'``, ``'k'``, ``'v'`` (rows of qkv, each its own
+            update), ``'qkv'`` (the fused projection as one), ``'proj'``, ``'fc1'``,
+            ``'fc2'``.
+        dropout: dropout on the update's input (peft's ``lora_dropout``).
+    """
+    display_name = 'LoRA'
+    adapts_ops = True
+
+    def __init__(self, rank=8, alpha=None, targets=('q', 'v'), dropout=0., **backbone):
+        super().__init__(**backbone)
+        check_positive('rank', rank)
+        targets = (targets, ) if isinstance(targets, str) else tuple(targets)
+        unknown = [t for t in targets if t not in LORA_TARGETS]
+        if unknown or not targets or len(set(targets)) != len(targets):
+            raise ValueError(f'LoRA targets={targets!r}: name distinct linears among {LORA_TARGETS}')
+        if 'qkv' in targets and set(targets) & set(QKV_ROWS):
+            raise ValueError(f'LoRA targets={targets!r}: \'qkv\' already updates the q, k and v rows')
+        if not 0 <= dropout < 1:
+            raise ValueError(f'LoRA dropout={dropout!r}: must be in [0, 1)')
+        self.rank = rank
+        self.alpha = rank if alpha is None else alpha
+        self.scale = self.alpha / rank
+        self.targets = targets
+        self.dropout = dropout
+        for target in targets:  # A random, B zero: the update starts at zero
+            self.op_parameter(f'lora_a_{target}', target, lambda i, o: (rank, i), kaiming_rows)
+            self.op_parameter(f'lora_b_{target}', target, lambda i, o: (o, rank), nn.init.zeros_)
+
+    def update(self, ctx, layer, target, x):
+        """s B A x for block ``layer``'s ``target`` on ``x`` (B, ..., in)."""
+        a = self.per_sample(ctx, f'lora_a_{target}', layer)  # (B | 1, r, in)
+        b = self.per_sample(ctx, f'lora_b_{target}', layer)  # (B | 1, out, r)
+        x = F.dropout(x, self.dropout, self.training) if self.dropout else x
+        shape = x.shape
+        h = x.reshape(shape[0], -1, shape[-1]) @ a.transpose(-1, -2).to(x.dtype)
+        return ((h @ b.transpose(-1, -2).to(x.dtype)) * self.scale).view(*shape[:-1], -1)
+
+    def adapt(self, ctx, layer, name, module, x):
+        out = module(x)
+        if layer is None:
+            return out
+        if name == 'qkv' and any(t in self.targets for t in QKV_ROWS):
+            rows = list(out.chunk(3, dim=-1))
+            for index, target in enumerate(QKV_ROWS):
+                if target in self.targets:
+                    rows[index] = rows[index] + self.update(ctx, layer, target, x)
+            return torch.cat(rows, dim=-1)
+        if name in self.targets:
+            return out + self.update(ctx, layer, name, x)
+        return out
+
+    def merge_into(self, backbone):
+        # W += s B A, on the target's rows of the qkv projection for q / k / v
+        for layer in range(self.num_layers):
+            for target in self.targets:
+                a, b = (self.at(getattr(self, f'lora_{p}_{target}'), layer) for p in 'ab')
+                module = op_module(backbone, layer, 'qkv' if target in QKV_ROWS else target)
+                rows = slice(None)
+                if target in QKV_ROWS:
+                    width = module.out_features // 3
+                    start = QKV_ROWS.index(target) * width
+                    rows = slice(start, start + width)
+                module.weight[rows] += (self.scale * b @ a).to(module.weight)
+
+    def extra_repr(self):
+        return f'rank={self.rank}, alpha={self.alpha}, targets={self.targets}'

@@ -1,0 +1,380 @@
+"""mmvpt.analysis.benchmark on tiny ViT and Swin configs: the rows it measures (as data),
+its profile of a train step, the serving rows of --multitask, and tools/analysis/benchmark.py
+printing them. Never timings (they depend on the machine); FLOPs, parameters, saved bytes,
+dtypes and op counts are deterministic."""
+import functools
+import math
+import re
+
+import pytest
+import torch
+
+from mmvpt.analysis import benchmark as bench
+
+from tests.conftest import run_tool
+from tests.helpers.tiny_models import SWIN, VIT, swin_arch, vit_arch
+
+TINY_VIT_CFG = vit_arch(depth=2, num_heads=2)
+TINY_SWIN_CFG = swin_arch(depths=[2, 2], num_heads=[2, 4])  # lists, as JSON gives them
+# (arch, image size, options)
+TINY_VIT = (VIT, 32, dict(arch_cfg=TINY_VIT_CFG))
+TINY_SWIN = (SWIN, 32, dict(arch_cfg=TINY_SWIN_CFG))
+FAST = dict(prompts=[0, 4], steps=1, device='cpu')
+HEAD = 32 * 100 + 100  # the tiny ViT's 100-class linear head: weight and bias
+PROMPTS = 2 * 4 * 32  # VPT-deep / CVPT at P=4: 4 tokens of width 32 in each of the 2 blocks
+# the same on the command line
+TINY_VIT_ARGS = ['--arch', 'vit_base_patch16_224', '--img-size', '32', '--arch-cfg',
+                 '{"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}']
+
+
+def options(*parts, **more):
+    """Checked options from dicts of options, the later ones overriding."""
+    merged = {}
+    for part in parts:
+        merged.update(part)
+    merged.update(more)
+    return bench.check_options(bench.BenchmarkOptions(**merged))
+
+
+def rows_of(tiny, *parts, batch=2, **more):
+    """``measure_rows`` of a tiny model with these options, and the options."""
+    arch, img_size, tiny_options = tiny
+    checked = options(tiny_options, *parts, **more)
+    return bench.measure_rows(arch, img_size, batch, checked), checked
+
+
+def by_method(rows):
+    return {(r['method'], r['P']): r for r in rows}
+
+
+def tiny_vit_bytes(embed, depth, patch, img):
+    """Parameter bytes of timm's ViT at this size, counted by hand (float32, no buffers):
+    patch embedding, CLS token, position embedding, blocks (LN, qkv, proj, LN, MLP 4x),
+    final LN."""
+    tokens = (img // patch) ** 2 + 1
+    block = 2 * embed + 3 * embed * embed + 3 * embed + embed * embed + embed + 2 * embed \
+        + 4 * embed * embed + 4 * embed + 4 * embed * embed + embed
+    return 4 * (3 * patch * patch * embed + embed + embed + tokens * embed + depth * block + 2 * embed)
+
+
+def test_tiny_vit_rows():
+    rows, _ = rows_of(TINY_VIT, FAST, methods=['linear', 'none', 'full', 'vpt', 'cvpt'])
+    assert [(r['method'], r['name'], r['P']) for r in rows] == [
+        ('linear', 'Linear probing', 0), ('none', 'none (frozen)', 0), ('full', 'Full fine-tuning', 0),
+        ('vpt', 'VPT-deep', 4), ('cvpt', 'CVPT, batch dropout', 4)]
+    row = by_method(rows)
+    linear, none, full, vpt = row['linear', 0], row['none', 0], row['full', 0], row['vpt', 4]
+    # what AdamW steps: the head alone, every weight, the prompts and the head
+    assert linear['tuned'] == none['tuned'] == HEAD
+    assert full['tuned'] == tiny_vit_bytes(embed=32, depth=2, patch=8, img=32) // 4 + HEAD
+    assert vpt['tuned'] == row['cvpt', 4]['tuned'] == PROMPTS + HEAD
+    # P=0 is forward + input gradients (about 2 forwards); linear probing has no backward
+    # through the blocks (about 1), full fine-tuning adds the weight gradients (about 3)
+    assert none['flops_x_p0'] == 1 and none['seconds_x_p0'] == 1 and none['memory_x_p0'] == 1
+    assert linear['flops'] < 0.6 * none['flops']
+    assert full['flops'] > 1.3 * none['flops']
+    assert vpt['flops'] > none['flops'] and vpt['flops_x_p0'] == vpt['flops'] / none['flops']
+    # linear probing holds only the head's input for backward: the CLS rows of the final
+    # LayerNorm's output, a view that keeps all of it (2 samples, 16 patches + CLS, 32 wide)
+    assert linear['memory'] == 2 * 17 * 32 * 4
+    assert full['seconds_x_full'] == 1 and full['memory_x_full'] == 1
+    for r in rows:
+        assert math.isfinite(r['seconds']) and r['seconds'] > 0
+        assert r['seconds_x_full'] == r['seconds'] / full['seconds']
+        assert r['memory_x_full'] == r['memory'] / full['memory']
+        assert r['seconds_x_p0'] == r['seconds'] / none['seconds']
+
+
+def test_tiny_swin_rows():
+    rows, checked = rows_of(TINY_SWIN, FAST, methods=['vpt', 'cvpt', 'ivpt', 'full'])
+    # the reference first (0 in prompts); Swin has no CLS token: iVPT without AR
+    assert [(r['name'], r['P']) for r in rows] == [
+        ('none (frozen)', 0), ('VPT-deep', 4), ('CVPT, batch dropout', 4), ('iVPT (no AR)', 4),
+        ('Full fine-tuning', 0)]
+    row = by_method(rows)
+    model = bench.build('swin_tiny_patch4_window7_224', 'full', img_size=32,
+                        arch_cfg=checked.arch_cfg)
+    assert row['full', 0]['tuned'] == sum(p.numel() for p in model.parameters())
+    assert row['none', 0]['tuned'] == 16 * 2 * 100 + 100  # the head on Swin's 32 features
+    assert row['vpt', 4]['flops_x_p0'] > 1 and row['full', 0]['flops_x_p0'] > 1
+    assert all('cp_memory' not in r for r in rows)
+
+
+def test_adapter_rows():
+    rows, _ = rows_of(TINY_VIT, FAST, methods=['none', 'lora', 'adaptformer', 'adapter', 'ssf', 'bitfit'])
+    assert [(r['method'], r['name'], r['P']) for r in rows] == [
+        ('none', 'none (frozen)', 0), ('lora', 'LoRA (r=8, q v)', 0), ('adaptformer', 'AdaptFormer (64)', 0),
+        ('adapter', 'Adapter (8, attn + mlp)', 0), ('ssf', 'SSF', 0), ('bitfit', 'BitFit', 0)]
+    row = by_method(rows)
+    embed, depth = 32, 2
+    assert row['lora', 0]['tuned'] == depth * 2 * 2 * 8 * embed + HEAD  # rank 8 on q and v
+    assert row['bitfit', 0]['tuned'] == depth * (2 * embed + 3 * embed + embed + 4 * embed + embed) \
+        + 2 * embed + HEAD  # every bias: norms, qkv, proj, fc1, fc2, patch embedding, final norm
+    assert row['adaptformer', 0]['tuned'] == depth * (2 * 64 * embed + 64 + embed) + HEAD
+    # a zero-initialised LoRA, bias or bottleneck adds its own small work to the P=0 step
+    assert all(row[m, 0]['flops'] >= row['none', 0]['flops'] for m in ('lora', 'adaptformer', 'bitfit'))
+    assert row['adaptformer', 0]['flops'] > row['none', 0]['flops']
+
+
+def test_rows_only_when_asked():
+    rows, _ = rows_of(TINY_VIT, prompts=[4], steps=1, device='cpu', methods=['vpt'])
+    # the reference is measured (for x P=0) but not a row; full is not measured at all
+    assert [(r['method'], r['P']) for r in rows] == [('vpt', 4)]
+    assert rows[0]['flops_x_p0'] > 1
+    assert rows[0]['seconds_x_full'] is None and rows[0]['memory_x_full'] is None
+
+
+@pytest.mark.parametrize('tiny', [TINY_VIT, TINY_SWIN], ids=['vit', 'swin'])
+def test_with_cp_rows(tiny):
+    rows, _ = rows_of(tiny, FAST, methods=['none', 'vpt'], with_cp=True)
+    assert [(r['method'], r['P']) for r in rows] == [('none', 0), ('vpt', 4)]
+    for row in rows:
+        # checkpointing keeps each block's input only
+        assert row['cp_memory'] < row['memory']
+        assert row['cp_x_no_cp'] == row['cp_memory'] / row['memory'] < 1
+
+
+def cells(line):
+    return [c.strip() for c in line.strip('|').split('|')]
+
+
+@pytest.mark.tools
+def test_printed_table_is_the_rows():
+    """The script's table: its title, header and, per row, the cells of the rows
+    ``measure_rows`` gives (the timings, which differ from run to run, as numbers)."""
+    proc = run_tool('analysis/benchmark.py', *TINY_VIT_ARGS, '--prompts', '0,4', '--steps', '1',
+                    '--device', 'cpu', '--batch', '2', '--methods', 'none,full,vpt', '--with-cp')
+    title, header, rule, *lines = proc.stdout.strip().splitlines()
+    assert title.startswith('vit_base_patch16_224, 32 px, batch 2, cpu (')
+    assert f'threads), fp32, eager, torch {torch.__version__}, arch_cfg' in title
+    assert cells(header) == ['method', 'P', 'tuned params', 'train GFLOPs', 'x P=0', 'step s', 'x P=0',
+                             'x full', 'saved act. MiB', 'x P=0', 'x full', 'with_cp MiB', 'x no cp']
+    assert rule.count('|') == len(cells(header)) + 1
+    rows, _ = rows_of(TINY_VIT, FAST, methods=['none', 'full', 'vpt'], with_cp=True)
+    short = lambda x: f'{x:.0f}' if abs(x) >= 1000 else f'{x:.4g}'  # noqa: E731
+    printed = [cells(line) for line in lines]
+    assert [[c[i] for i in (0, 1, 2, 3, 4, 8, 9, 10, 11, 12)] for c in printed] == [[
+        r['name'], str(r['P']), f'{r["tuned"]:,}', short(r['flops'] / 1e9),
+        f'{r["flops_x_p0"]:.3f}', short(r['memory'] / 2**20), f'{r["memory_x_p0"]:.2f}',
+        f'{r["memory_x_full"]:.2f}', short(r['cp_memory'] / 2**20), f'{r["cp_x_no_cp"]:.2f}']
+        for r in rows]
+    for c in printed:  # step s, x P=0, x full
+        assert all(float(value) > 0 for value in c[5:8])
+    assert [c[1] for c in printed] == ['0', '0', '4']
+    assert printed[0][6] == '1.00'  # the reference over itself
+    assert printed[1][7] == printed[1][10] == '1.00'  # full over full
+
+
+def test_amp_bf16_runs_the_forward_in_bf16(monkeypatch):
+    """The step's forward runs under autocast: a block's qkv projection puts out bfloat16 (in
+    the FLOP count, the saved-bytes pass and the timed steps), and the FLOPs are those of the
+    float32 step."""
+    seen = []
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.backbone.timm_model.blocks[0].attn.qkv.register_forward_hook(
+            lambda m, i, out: seen.append(out.dtype))
+        return model
+    real_build = bench.build
+    monkeypatch.setattr(bench, 'build', build)
+    fp32, _ = rows_of(TINY_VIT, FAST, methods=['none'])
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16, checked = rows_of(TINY_VIT, FAST, methods=['none'], amp='bf16')
+    assert checked.amp_dtype is torch.bfloat16
+    # the FLOP step, the saved-bytes pass, one warm-up, one timed step
+    assert seen == [torch.bfloat16] * 4
+    assert bf16[0]['flops'] == fp32[0]['flops']
+    assert bf16[0]['memory'] != fp32[0]['memory']
+    # as MMEngine's AmpOptimWrapper: a GradScaler on GPU; on CPU for float16 only
+    assert bench.grad_scaler('cpu', torch.bfloat16) is None
+    assert bench.grad_scaler('cpu', None) is None
+
+
+COMPILED_GRAPHS = []
+
+
+def counting_aot_eager(gm, example_inputs):
+    """aot_eager that records the graphs dynamo hands it."""
+    COMPILED_GRAPHS.append(gm)
+    return torch._dynamo.lookup_backend('aot_eager')(gm, example_inputs)
+
+
+def test_compile_rows():
+    if 'counting_aot_eager' not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(counting_aot_eager, name='counting_aot_eager')
+    COMPILED_GRAPHS.clear()
+    eager, _ = rows_of(TINY_VIT, FAST, methods=['none', 'vpt'])
+    rows, checked = rows_of(TINY_VIT, FAST, methods=['none', 'vpt'], compile=True,
+                            compile_backend='counting_aot_eager')
+    assert checked.warmup == 2
+    assert COMPILED_GRAPHS  # dynamo captured the model
+    assert [(r['method'], r['P']) for r in rows] == [('none', 0), ('vpt', 4)]
+    for row, eager_row in zip(rows, eager):
+        assert math.isfinite(row['seconds']) and row['seconds'] > 0 and row['first_seconds'] > 0
+        # counted on the eager model: compiled kernels are no aten ops to count
+        assert row['flops'] == eager_row['flops']
+    assert bench.describe_setting(checked).split(', ')[2] == 'torch.compile (counting_aot_eager)'
+
+
+@functools.lru_cache(maxsize=None)
+def PROFILES():  # noqa: N802  (measured once, for two tests)
+    checked = options(TINY_VIT[2], steps=1, device='cpu')
+    arch, img = TINY_VIT[:2]
+    return (bench.profile_step(arch, img, 2, 'none', 0, checked),
+            bench.profile_step(arch, img, 2, 'vpt', 4, checked))
+
+
+CPU_ATTENTION = 'aten::_scaled_dot_product_flash_attention_for_cpu'
+
+
+def test_profile_step():
+    none, vpt = PROFILES()
+    assert 0 < none['num_outer_ops'] < none['num_ops']
+    assert vpt['num_ops'] >= none['num_ops'] and vpt['num_outer_ops'] >= none['num_outer_ops']
+    assert none['num_kernels'] == vpt['num_kernels'] == 0  # no CUDA here
+    # the kernel each attention got: one forward and one backward per block (2), on CPU
+    assert none['attention'] == vpt['attention'] == {CPU_ATTENTION: 2, CPU_ATTENTION + '_backward': 2}
+    assert vpt['sort'] == 'self_cpu_us' and 0 < len(vpt['top']) <= 15
+    self_cpu = [cpu for _, _, cpu, _ in vpt['top']]
+    assert self_cpu == sorted(self_cpu, reverse=True) and self_cpu[0] > 0
+    assert any(name.startswith('aten::') for name, *_ in vpt['top'])
+
+
+@pytest.mark.tools
+def test_cli_prints_the_profile_after_the_table():
+    proc = run_tool('analysis/benchmark.py', *TINY_VIT_ARGS, '--prompts', '0', '--steps', '1',
+                    '--device', 'cpu', '--batch', '2', '--methods', 'linear', '--profile',
+                    'linear:0', '--profile', 'cvpt:4', '--profile', 'vpt:4')
+    out = proc.stdout
+    # the reference first: 0 is in --prompts
+    assert out.index('| none (frozen) | 0 | 3,300 |') < out.index('| Linear probing | 0 | 3,300 |') \
+        < out.index('profile of one train step: Linear probing P=0') \
+        < out.index('profile of one train step: CVPT, batch dropout P=4') \
+        < out.index('profile of one train step: VPT-deep P=4, vit_base_patch16_224, 32 px, batch 2')
+    # the last profile as printed: profile_step's counts, attention kernels and top events
+    _, vpt = PROFILES()
+    vpt_part = out[out.index('profile of one train step: VPT-deep'):].splitlines()
+    assert vpt_part[1] == (f'{vpt["num_ops"]:,} aten op calls ({vpt["num_outer_ops"]:,} outermost); '
+                           f'top {len(vpt["top"])} by self CPU time:')
+    assert vpt_part[2] == f'attention kernels: {CPU_ATTENTION} x2, {CPU_ATTENTION}_backward x2'
+    assert vpt_part[3] == '| event | calls | self CPU ms | self CUDA ms |'
+    events = [cells(line) for line in vpt_part[5:] if line.startswith('| ')]
+    assert 0 < len(events) == len(vpt['top']) and len({e[0] for e in events}) == len(events)
+    self_cpu = [float(e[2]) for e in events]
+    assert self_cpu == sorted(self_cpu, reverse=True)
+    assert any(re.match(r'aten::\w+$', e[0]) for e in events)
+
+
+@pytest.mark.parametrize('given, message', [
+    (dict(methods=['vpt', 'deep']), '--methods deep: choose from'),
+    (dict(arch_cfg=[1, 2]), '--arch-cfg: a JSON object'),
+    (dict(prompts=[0, -1]), '--prompts: counts must be >= 0'),
+    (dict(amp='fp8'), '--amp fp8: choose from bf16,fp16'),
+    (dict(compile_backend='eager'), '--compile-backend: needs --compile'),
+    (dict(compile=True, compile_backend='no_such_backend'), '--compile-backend no_such_backend: choose'),
+    (dict(warmup=0), '--warmup: at least 1'),
+])
+def test_bad_options_are_refused(given, message):
+    with pytest.raises(bench.OptionError, match=message):
+        options(given)
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('foo:1', "foo:1: unknown method 'foo'"),
+    ('vpt', 'vpt: give METHOD:P, e.g. vpt:10'),
+    ('vpt:x', 'vpt:x: give METHOD:P'),
+    ('full:4', 'full:4: full has no prompts; use full:0'),
+    ('cvpt:0', 'cvpt:0: a prompt method needs P > 0'),
+])
+def test_bad_profile_specs_are_refused(spec, message):
+    with pytest.raises(bench.OptionError, match=message):
+        bench.parse_profile_spec(spec)
+    assert bench.parse_profile_spec('cvpt:10') == ('cvpt', 10)
+
+
+@pytest.mark.tools
+def test_the_command_line_refuses_bad_options_in_one_line():
+    for args, message in ((['--methods', 'vpt,deep'], '--methods deep: choose from'),
+                          (['--amp', 'fp8'], "argument --amp: invalid choice: 'fp8'"),
+                          (['--profile', 'foo:1'], "argument --profile: foo:1: unknown method 'foo'")):
+        proc = run_tool('analysis/benchmark.py', *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_amp_without_autocast_support_is_refused(monkeypatch):
+    """A torch without float16 autocast on CPU says so rather than timing float32."""
+    monkeypatch.setattr(bench, 'autocast_supported', lambda device, amp: False)
+    with pytest.raises(bench.OptionError, match='--amp fp16: torch '):
+        options(amp='fp16', device='cpu')
+
+
+# -- --multitask: serving rows ---------------------------------------------------------------
+@pytest.mark.parametrize('timing', [{}, dict(cpu_time=True)], ids=['wall', 'cpu_time'])
+def test_multitask_rows(timing):
+    """One backbone for N tasks holds the backbone once and N tasks' prompts and heads; N
+    separate models hold N of everything."""
+    arch, img, tiny = TINY_VIT
+    checked = options(tiny, methods=['cvpt', 'vpt'], prompts=[4], steps=1, device='cpu',
+                      multitask=[1, 3], **timing)
+    assert checked.threads == (1 if timing else None)
+    backbone = tiny_vit_bytes(embed=32, depth=2, patch=8, img=32)
+    task = 4 * (PROMPTS + HEAD)
+    for method in ('cvpt', 'vpt'):
+        rows = bench.measure_serving(arch, img, 4, method, 4, checked)
+        assert [(r['setup'], r['tasks'], r['backbones']) for r in rows] == [
+            ('one model, single-task batch', 1, 1),
+            ('MultiTaskModel, mixed batch', 1, 1), ('separate models, one per task', 1, 1),
+            ('MultiTaskModel, mixed batch', 3, 1), ('separate models, one per task', 3, 3)]
+        expected = [backbone + task, backbone + task, backbone + task,
+                    backbone + 3 * task, 3 * (backbone + task)]
+        assert [r['weights'] for r in rows] == expected
+        assert [r['weights_x_one'] for r in rows] == [e / expected[0] for e in expected]
+        assert rows[0]['rate_x_single'] == 1
+        assert all(r['rate'] > 0 and r['peak'] is None and r['peak_x_one'] is None for r in rows)
+        assert [r['rate_x_single'] for r in rows] == [r['rate'] / rows[0]['rate'] for r in rows]
+
+
+@pytest.mark.tools
+def test_multitask_table():
+    """The script's --multitask tables: a title per method and P, a row per serving setup."""
+    proc = run_tool('analysis/benchmark.py', *TINY_VIT_ARGS, '--multitask', '1,2', '--methods',
+                    'cvpt,vpt', '--prompts', '4', '--batch', '4', '--steps', '1', '--device', 'cpu',
+                    '--cpu-time')
+    titles = [line for line in proc.stdout.splitlines() if line and not line.startswith('|')]
+    assert [title.split(', ')[:4] for title in titles] == [
+        ['vit_base_patch16_224', '32 px', 'batch 4', 'CVPT'],
+        ['vit_base_patch16_224', '32 px', 'batch 4', 'VPT-deep P=4']]
+    assert 'batch dropout P=4' in titles[0] and 'eval, no grad, CPU time' in titles[0]
+    tables = proc.stdout.split('\n\n')[1:]
+    backbone = tiny_vit_bytes(embed=32, depth=2, patch=8, img=32)
+    task = 4 * (PROMPTS + HEAD)
+    expected = [backbone + task, backbone + task, backbone + task, backbone + 2 * task,
+                2 * (backbone + task)]
+    for table in tables:
+        header, _, *lines = table.strip().splitlines()[1:]
+        assert cells(header) == ['setup', 'tasks', 'backbones', 'weights MiB', 'weights bytes',
+                                 'x one model', 'images/CPU-s', 'x single-task batch']
+        rows = [cells(line) for line in lines]
+        assert [(r[0], r[1], r[2]) for r in rows] == [
+            ('one model, single-task batch', '1', '1'),
+            ('MultiTaskModel, mixed batch', '1', '1'), ('separate models, one per task', '1', '1'),
+            ('MultiTaskModel, mixed batch', '2', '1'), ('separate models, one per task', '2', '2')]
+        assert [int(r[4].replace(',', '')) for r in rows] == expected
+        assert [float(r[5]) for r in rows] == [round(e / expected[0], 3) for e in expected]
+        assert rows[0][7] == '1.00' and all(float(r[6]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize('given, message', [
+    (dict(multitask=[0, 4]), '--multitask: task counts must be >= 1'),
+    (dict(multitask=[4], methods=['none', 'linear', 'full']), '--multitask: needs a tuning method'),
+    (dict(multitask=[4], prompts=[0], methods=['cvpt', 'vpt']), 'for a prompt method, a prompt count P > 0'),
+    (dict(multitask=[4], amp='bf16', device='cpu'), '--amp, --compile and --profile do not apply'),
+    (dict(multitask=[4], profile=[('vpt', 4)]), '--amp, --compile and --profile do not apply'),
+    (dict(cpu_time=True), '--cpu-time: for --multitask on --device cpu'),
+    (dict(multitask=[4], cpu_time=True, threads=2, device='cpu'), '--cpu-time: counts one thread'),
+])
+def test_bad_multitask_options_are_refused(given, message):
+    with pytest.raises(bench.OptionError, match=message):
+        options(given)

@@ -1,0 +1,91 @@
+"""A trained LoRA / SSF / BitFit folded into the frozen weights: the merged checkpoint scores
+what the tuned-only one does, through the stock loaders, and its backbone loads into timm."""
+import os.path as osp
+
+import pytest
+import timm
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import load_checkpoint
+
+from mmvpt.apis import merge_checkpoint
+from mmvpt.utils.tuned_checkpoint import save_tuned_checkpoint
+
+from tests.conftest import DEMO_CONFIG, pretrained_line, run_tool
+from tests.helpers.tiny_models import DEMO_ARCH
+
+PROMPTS = dict(lora="dict(type='mmvpt.LoRA', rank=2, targets=('q', 'v', 'proj', 'fc1'))",
+               ssf="dict(type='mmvpt.SSF')", bitfit="dict(type='mmvpt.BitFit')",
+               adaptformer="dict(type='mmvpt.AdaptFormer', bottleneck=4)")
+
+
+def tuned_task(tmp_path, pretrained, method):
+    """A config on the demo's tiny ViT with ``method``, and a tuned-only checkpoint of it
+    whose method tensors are moved off their init."""
+    config = tmp_path / f'{method}.py'
+    config.write_text(f'_base_ = [{DEMO_CONFIG!r}]\nmodel = dict(backbone=dict(frozen=True, '
+                      f'prompt={PROMPTS[method]}))\n' + pretrained_line(pretrained))
+    cfg = Config.fromfile(str(config))
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.backbone.prompt.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    checkpoint = save_tuned_checkpoint(tmp_path / f'{method}.pth', model, meta=dict(
+        dataset_meta=dict(classes=[f'c{i}' for i in range(cfg.model.head.num_classes)])))
+    return str(config), checkpoint
+
+
+def scores(config, checkpoint, images, cfg_options=None):
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, checkpoint, map_location='cpu')
+    with torch.no_grad():
+        return model.eval().head(model.extract_feat(images)), model
+
+
+@pytest.mark.parametrize('method', ['lora', 'ssf', 'bitfit'])
+def test_merged_checkpoint_scores_as_the_tuned_one(tmp_path, demo_backbone, method):
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, method)
+    out, timm_out = tmp_path / 'merged' / 'model.pth', tmp_path / 'merged' / 'timm.pth'
+    assert merge_checkpoint(config, checkpoint, str(out), str(timm_out)) == {
+        'lora': 'LoRA', 'ssf': 'SSF', 'bitfit': 'BitFit'}[method]
+    images = torch.randn(3, 3, 32, 32)
+    tuned, _ = scores(config, checkpoint, images)
+    # the merged checkpoint loads into the config without a method and scores the same
+    merged, model = scores(config, str(out), images, {'model.backbone.prompt': None})
+    assert model.backbone.prompt is None
+    torch.testing.assert_close(merged, tuned, rtol=0, atol=1e-5)
+    saved = torch.load(out, map_location='cpu', weights_only=False)
+    assert not any('prompt' in k for k in saved['state_dict'])
+    assert saved['meta']['dataset_meta']['classes'] == ['c0', 'c1', 'c2', 'c3']
+    assert Config.fromstring(saved['meta']['cfg'], '.py').model.backbone.prompt is None
+    # the backbone alone, in timm's keys, loads into timm's model
+    vit = timm.create_model('vit_base_patch16_224', pretrained=False, num_classes=0, img_size=32,
+                            **DEMO_ARCH)
+    vit.load_state_dict(torch.load(timm_out, map_location='cpu'))
+    with torch.no_grad():
+        torch.testing.assert_close(model.head((vit.eval().forward_features(images)[:, 0], )), tuned,
+                                   rtol=0, atol=1e-5)
+
+
+@pytest.mark.tools
+def test_merge_tool(tmp_path, demo_backbone):
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, 'lora')
+    proc = run_tool('misc/merge_method.py', config, checkpoint, str(tmp_path / 'merged.pth'))
+    assert 'LoRA merged into the frozen weights' in proc.stdout and osp.isfile(tmp_path / 'merged.pth')
+    # a method with a non-linear bottleneck: one line, nothing written
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, 'adaptformer')
+    proc = run_tool('misc/merge_method.py', config, checkpoint, str(tmp_path / 'af.pth'), check=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert 'AdaptFormer cannot be merged into the frozen weights' in proc.stderr.strip().splitlines()[-1]
+    assert not osp.exists(tmp_path / 'af.pth')
+    # an output that would overwrite the input is refused
+    proc = run_tool('misc/merge_method.py', config, checkpoint, checkpoint, check=False)
+    assert proc.returncode == 1 and 'would overwrite an input' in proc.stderr

@@ -1,0 +1,135 @@
+"""Training hooks on a tiny CVPT model and generated data: tuned-only checkpoints (small,
+loadable by tools/test.py, refused when they do not fit) and the cross-attention init.
+(PromptPruningHook: test_pruning.py.)"""
+import os
+import os.path as osp
+
+import pytest
+import torch
+
+from mmvpt.engine.hooks import CrossAttentionInitHook, TunedCheckpointHook
+from mmvpt.utils import load_local_checkpoint
+
+from tests.conftest import DEMO_CONFIG, data_options, pretrained_line, run_tool
+from tests.helpers.runners import make_runner, write_config
+from tests.helpers.tiny_models import vit_spec
+
+# -- tuned-only checkpoints ----------------------------------------------------------------
+def test_vit_b_cvpt_tuned_checkpoint_is_small(tmp_path):
+    from types import SimpleNamespace
+
+    from mmpretrain.models import ImageClassifier
+    model = ImageClassifier(
+        backbone=dict(type='mmvpt.PromptedViT', prompt=dict(type='mmvpt.CVPT', num_tokens=10)),
+        head=dict(type='LinearClsHead', num_classes=100, in_channels=768))
+    checkpoint = dict(meta=dict(), state_dict=model.state_dict())
+    full_bytes = sum(v.numel() * v.element_size() for v in checkpoint['state_dict'].values())
+    TunedCheckpointHook().before_save_checkpoint(SimpleNamespace(model=model), checkpoint)
+    torch.save(checkpoint, tmp_path / 'tuned.pth')
+    assert full_bytes > 330e6
+    assert os.path.getsize(tmp_path / 'tuned.pth') < 0.8e6
+    assert set(checkpoint['state_dict']) == {'backbone.prompt.prompts', 'head.fc.weight', 'head.fc.bias'}
+    assert checkpoint['meta']['mmvpt'] == dict(tuned_only=True, prompts={'backbone.prompt': 'CVPT'})
+
+
+def test_full_checkpoints_stay_available_by_option():
+    from types import SimpleNamespace
+
+    from mmvpt.models import PromptedViT
+    model = PromptedViT(**vit_spec(depth=2), prompt=dict(type='mmvpt.VPT', num_tokens=2))
+    full = dict(meta={}, state_dict=model.state_dict())
+    TunedCheckpointHook(tuned_only=False).before_save_checkpoint(SimpleNamespace(model=model), full)
+    assert full['state_dict'].keys() == model.state_dict().keys()
+    assert full['meta']['mmvpt']['tuned_only'] is False
+
+
+@pytest.fixture(scope='module')
+def cvpt_run(tiny_vtab, tmp_path_factory):
+    """A full fine-tuning run as the 'pretrained' backbone, then CVPT with tuned-only
+    checkpoints on top of it."""
+    tmp = tmp_path_factory.mktemp('cvpt')
+    run_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp / 'pre'), '--cfg-options',
+             *data_options(tiny_vtab), 'train_cfg.max_epochs=1')
+    backbone = str(tmp / 'pre' / 'epoch_1.pth')
+    config = write_config(tmp, "dict(type='mmvpt.CVPT', num_tokens=4, ca_trainable=True)",
+                          "dict(type='mmvpt.TunedCheckpointHook')",
+                          pretrained_line(backbone) + "train_cfg = dict(max_epochs=2, val_interval=100)\n")
+    runner = make_runner(config, tmp / 'work', tiny_vtab)
+    runner.train()
+    return config, runner, backbone
+
+
+@pytest.mark.tools
+def test_test_tool_runs_from_backbone_plus_tuned_checkpoint(cvpt_run, tiny_vtab, tmp_path):
+    import pickle
+    config, runner, _ = cvpt_run
+    ckpt = osp.join(runner.work_dir, 'epoch_2.pth')
+    state = load_local_checkpoint(ckpt)['state_dict']
+    assert not any(k.startswith('backbone.vit.') for k in state)
+    assert any('.cross_attn.' in k for k in state)  # the learnable copy is tuned
+    run_tool('test.py', config, ckpt, '--work-dir', str(tmp_path), '--out',
+             str(tmp_path / 'preds.pkl'), '--cfg-options', *data_options(tiny_vtab))
+    with open(tmp_path / 'preds.pkl', 'rb') as f:
+        from_checkpoint = {p['img_path']: p['pred_score'] for p in pickle.load(f)}
+    # Every image's scores are those of the trained model in memory, not only the accuracy.
+    runner.model.eval()
+    with torch.no_grad():
+        in_memory = {s.img_path: s.pred_score for batch in runner.test_dataloader
+                     for s in runner.model.test_step(batch)}
+    assert from_checkpoint.keys() == in_memory.keys() and len(in_memory) == 32
+    for path, scores in in_memory.items():
+        torch.testing.assert_close(from_checkpoint[path], scores, rtol=0, atol=1e-6)
+
+
+def checkpoint_files(work_dir):
+    """name -> (size, mtime) of the checkpoints in ``work_dir``."""
+    return {f: (os.path.getsize(osp.join(work_dir, f)), os.path.getmtime(osp.join(work_dir, f)))
+            for f in os.listdir(work_dir) if f.endswith('.pth')}
+
+
+@pytest.mark.tools
+def test_mismatched_tuned_checkpoint_fails_and_keeps_earlier_checkpoints(cvpt_run, tiny_vtab, tmp_path):
+    config, runner, backbone = cvpt_run
+    ckpt = osp.join(runner.work_dir, 'epoch_2.pth')
+    before = checkpoint_files(runner.work_dir)
+    more_prompts = write_config(
+        tmp_path, "dict(type='mmvpt.CVPT', num_tokens=6, ca_trainable=True)",
+        "dict(type='mmvpt.TunedCheckpointHook')",
+        pretrained_line(backbone))
+    proc = run_tool('train.py', more_prompts, '--work-dir', runner.work_dir, '--resume', ckpt,
+                    '--cfg-options', *data_options(tiny_vtab), check=False)
+    assert proc.returncode != 0
+    assert 'backbone.prompt.prompts: checkpoint (4, 4, 64) vs model (4, 6, 64)' in proc.stderr
+    other_method = write_config(tmp_path, "dict(type='mmvpt.VPT', num_tokens=4)",
+                                "dict(type='mmvpt.TunedCheckpointHook')")
+    proc = run_tool('test.py', other_method, ckpt, '--work-dir', str(tmp_path / 'test'),
+                    '--cfg-options', *data_options(tiny_vtab), check=False)
+    assert proc.returncode != 0
+    assert "tuned with prompt methods {'backbone.prompt': 'CVPT'}" in proc.stderr
+    assert checkpoint_files(runner.work_dir) == before
+
+
+def test_cross_attention_init_hook_copies_late_backbone_weights_only_once():
+    from types import SimpleNamespace
+
+    from mmvpt.models import PromptedViT
+    model = PromptedViT(**vit_spec(depth=2),
+                        prompt=dict(type='mmvpt.CVPT', num_tokens=2, ca_trainable=True))
+    runner = SimpleNamespace(model=model)
+    # A backbone arriving through load_from, with no cross-attention in the checkpoint.
+    backbone = {k: torch.randn_like(v) for k, v in model.state_dict().items() if k.startswith('vit.')}
+    hook = CrossAttentionInitHook()
+    hook.after_load_checkpoint(runner, dict(state_dict=backbone))
+    model.load_state_dict(backbone, strict=False)
+    hook.before_train(runner)
+    for ca, block in zip(model.prompt.cross_attn, model.vit.blocks):
+        torch.testing.assert_close(ca.qkv.weight, block.attn.qkv.weight, rtol=0, atol=0)
+    # A checkpoint that brings trained cross-attention weights keeps them.
+    trained = {k: torch.randn_like(v) for k, v in model.state_dict().items()
+               if '.cross_attn.' in k}
+    hook = CrossAttentionInitHook()
+    hook.after_load_checkpoint(runner, dict(state_dict=trained))
+    model.load_state_dict(trained, strict=False)
+    hook.before_test(runner)
+    torch.testing.assert_close(model.prompt.cross_attn[0].qkv.weight,
+                               trained['prompt.cross_attn.0.qkv.weight'], rtol=0, atol=0)

@@ -1,0 +1,292 @@
+"""The adapter-style baselines (LoRA, SSF, BitFit, AdaptFormer, Adapter) on the prompted
+backbones: each equals a re-statement of its equations written here from timm's modules
+(float64), trains only its own tensors, merges into the frozen weights where it can, and
+serves several tasks in one batch."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from mmvpt.models import PromptedViT
+
+from ..helpers.tiny_models import BACKBONES, build
+
+ADAPTERS = {
+    'lora_qv': dict(type='mmvpt.LoRA', rank=4, alpha=8),
+    'lora_all': dict(type='mmvpt.LoRA', rank=2, targets=('qkv', 'proj', 'fc1', 'fc2')),
+    'lora_k': dict(type='mmvpt.LoRA', rank=3, targets=('k', 'fc2')),
+    'ssf': dict(type='mmvpt.SSF'),
+    'bitfit': dict(type='mmvpt.BitFit'),
+    'adaptformer': dict(type='mmvpt.AdaptFormer', bottleneck=8, dropout=0.),
+    'adapter_houlsby': dict(type='mmvpt.Adapter', bottleneck=8),
+    'adapter_pfeiffer': dict(type='mmvpt.Adapter', bottleneck=8, placement=('mlp', ), activation='gelu'),
+}
+MERGEABLE = ('lora_qv', 'lora_all', 'lora_k', 'ssf', 'bitfit')
+
+
+def randomised(backbone, name, seed=0):
+    """A float64 tiny model with the method ``name`` whose tensors are all moved away from
+    their init (zero up-projections would hide an adapter)."""
+    torch.manual_seed(seed)
+    model = build(ADAPTERS[name], backbone=backbone).double().eval()
+    with torch.no_grad():
+        for p in model.prompt.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def tensor(method, name, layer):
+    return method.at(getattr(method, name), layer)
+
+
+# -- re-statements --------------------------------------------------------------------------
+def op_reference(method, layer, name, x, out):
+    """A frozen operation's output changed by the method, from the method's equations."""
+    kind = type(method).__name__
+    if kind == 'LoRA':
+        if layer is None:
+            return out
+
+        def update(target):
+            a, b = tensor(method, f'lora_a_{target}', layer), tensor(method, f'lora_b_{target}', layer)
+            return method.alpha / method.rank * (x @ a.T @ b.T)
+        if name == 'qkv':
+            rows = list(out.chunk(3, -1))
+            for i, target in enumerate('qkv'):
+                if target in method.targets:
+                    rows[i] = rows[i] + update(target)
+            out = torch.cat(rows, -1)
+            return out + update('qkv') if 'qkv' in method.targets else out
+        return out + update(name) if name in method.targets else out
+    if kind == 'SSF':
+        if layer is None:
+            scale, shift = getattr(method, f'scale_{name}'), getattr(method, f'shift_{name}')
+        else:
+            scale, shift = tensor(method, f'scale_{name}', layer), tensor(method, f'shift_{name}', layer)
+        return out * scale + shift
+    if kind == 'BitFit':
+        bias = getattr(method, f'bias_{name}') if layer is None else tensor(method, f'bias_{name}', layer)
+        return out + bias
+    return out
+
+
+def branch_reference(method, layer, name, x, out):
+    """A block branch's output changed by the method (Adapter, AdaptFormer)."""
+    kind = type(method).__name__
+
+    def linear(prefix, h):
+        return h @ tensor(method, f'{prefix}_weight', layer).T + tensor(method, f'{prefix}_bias', layer)
+    if kind == 'AdaptFormer' and name == 'mlp':
+        return out + method.scale * linear('up', F.relu(linear('down', x)))
+    if kind == 'Adapter' and name in method.placement:
+        act = F.relu if method.activation == 'relu' else F.gelu
+        return out + linear(f'{name}_up', act(linear(f'{name}_down', out)))
+    return out
+
+
+def vit_reference(model, img):
+    """The ViT written out: explicit qkv, softmax attention, projection and MLP, with the
+    method's changes at each operation and branch."""
+    vit, method = model.vit, model.prompt
+
+    def op(layer, name, x, out):
+        return op_reference(method, layer, name, x, out)
+    x = op(None, 'patch_embed', img, vit.patch_embed(img))
+    x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], 1) + vit.pos_embed
+    for layer, blk in enumerate(vit.blocks):
+        attn, H = blk.attn, blk.attn.num_heads
+        h = op(layer, 'norm1', x, blk.norm1(x))
+        qkv = op(layer, 'qkv', h, h @ attn.qkv.weight.T + attn.qkv.bias)
+        B, N, C3 = qkv.shape
+        q, k, v = qkv.view(B, N, 3, H, C3 // 3 // H).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+        o = (a @ v).transpose(1, 2).reshape(B, N, -1)
+        sa = op(layer, 'proj', o, o @ attn.proj.weight.T + attn.proj.bias)
+        x = x + branch_reference(method, layer, 'attn', x, sa)
+        h = op(layer, 'norm2', x, blk.norm2(x))
+        f = F.gelu(op(layer, 'fc1', h, h @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias))
+        f = op(layer, 'fc2', f, f @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias)
+        x = x + branch_reference(method, layer, 'mlp', x, f)
+    return op(None, 'norm', x, vit.norm(x))[:, 0]
+
+
+def swin_branch_reference(model, img):
+    """timm's Swin blocks taken apart at their two branches, for the branch methods."""
+    swin, method, layer = model.swin, model.prompt, 0
+    x = swin.patch_embed(img)
+    for stage in swin.layers:
+        x = stage.downsample(x)
+        for blk in stage.blocks:
+            B, H, W, C = x.shape
+            sa = blk._attn(blk.norm1(x))
+            x = x + branch_reference(method, layer, 'attn', x.reshape(B, -1, C),
+                                     sa.reshape(B, -1, C)).view(B, H, W, C)
+            mlp = blk.mlp(blk.norm2(x.reshape(B, -1, C)))
+            x = x + branch_reference(method, layer, 'mlp', x.reshape(B, -1, C), mlp).view(B, H, W, C)
+            layer += 1
+    return swin.norm(x).mean(dim=(1, 2))
+
+
+@pytest.mark.parametrize('name', list(ADAPTERS))
+def test_vit_equals_the_re_statement(name):
+    model = randomised('vit', name)
+    img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = vit_reference(model, img)
+        plain = build().double().eval()
+        plain.vit.load_state_dict(model.vit.state_dict())
+        assert not torch.allclose(plain(img)[0], expected, atol=1e-3)  # the method matters
+        torch.testing.assert_close(model(img)[0], expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('name', ['adaptformer', 'adapter_houlsby', 'adapter_pfeiffer'])
+def test_swin_branches_equal_the_re_statement(name):
+    model = randomised('swin', name)
+    img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(img)[0], swin_branch_reference(model, img), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('backbone', ['vit', 'swin'])
+@pytest.mark.parametrize('name', MERGEABLE)
+def test_merged_weights_compute_the_method_in_a_plain_timm_model(backbone, name):
+    model = randomised(backbone, name)
+    img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        adapted = model(img)[0]
+        frozen = {k: v.clone() for k, v in model.timm_model.state_dict().items()}
+        model.merge_method()
+        assert model.prompt is None
+        changed = [k for k, v in model.timm_model.state_dict().items()
+                   if k not in frozen or not torch.equal(frozen[k], v)]
+        assert changed  # the weights took the method in
+        torch.testing.assert_close(model(img)[0], adapted, rtol=0, atol=1e-10)
+        # a plain timm model of the same arch loads the merged weights and computes the same
+        timm_model = timm.create_model(model.arch, pretrained=False, num_classes=0, img_size=32,
+                                       **model_arch_cfg(backbone)).double().eval()
+        missing, unexpected = timm_model.load_state_dict(model.timm_model.state_dict(), strict=False)
+        assert not unexpected and all(k.endswith(('attn_mask', 'relative_position_index')) for k in missing)
+        features = timm_model.forward_features(img)
+        pooled = features[:, 0] if backbone == 'vit' else features.mean(dim=(1, 2))
+        torch.testing.assert_close(pooled, adapted, rtol=0, atol=1e-10)
+
+
+def model_arch_cfg(backbone):
+    return dict(BACKBONES[backbone][1]['arch_cfg'])
+
+
+@pytest.mark.parametrize('name', ['adaptformer', 'adapter_houlsby'])
+def test_bottleneck_adapters_refuse_to_merge_and_say_why(name):
+    model = randomised('vit', name)
+    with pytest.raises(NotImplementedError, match='cannot be merged.*non-linearity'):
+        model.merge_method()
+    assert model.prompt is not None
+    with pytest.raises(NotImplementedError, match='CVPT adds tokens, keys or a cross-attention'):
+        build(dict(type='mmvpt.CVPT', num_tokens=2)).merge_method()
+
+
+@pytest.mark.parametrize('backbone', ['vit', 'swin'])
+@pytest.mark.parametrize('name', list(ADAPTERS))
+def test_only_the_method_trains_and_starts_as_the_frozen_model(backbone, name):
+    torch.manual_seed(0)
+    model = build(ADAPTERS[name], backbone=backbone).train()
+    plain = build(backbone=backbone).eval()
+    plain.timm_model.load_state_dict(model.timm_model.state_dict())
+    img = torch.randn(2, 3, 32, 32)
+    if name not in ('ssf', ):  # zero updates, zero biases, zero up-projections at the start
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(img)[0], plain(img)[0], rtol=0, atol=1e-6)
+    model.train()
+    model(img)[0].pow(2).sum().backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert trained == {n for n, _ in model.prompt.named_parameters(prefix='prompt')}
+    # behind a zero B / up-projection, A / the down-projection get no gradient yet
+    assert all(model.prompt.get_parameter(n[len('prompt.'):]).grad.abs().sum() > 0 for n in trained
+               if 'lora_a' not in n and 'down' not in n)
+
+
+def test_bitfit_trains_exactly_the_biases_of_the_model():
+    torch.manual_seed(0)
+    model = build(dict(type='mmvpt.BitFit')).double()
+    img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    reference = timm.create_model(model.arch, pretrained=False, num_classes=0, img_size=32,
+                                  **model_arch_cfg('vit')).double()
+    reference.load_state_dict(model.vit.state_dict())
+    biases = {n: p for n, p in reference.named_parameters() if n.endswith('.bias')}
+    reference.requires_grad_(False)
+    for p in biases.values():
+        p.requires_grad_(True)
+    assert sum(p.numel() for p in model.prompt.parameters()) == sum(p.numel() for p in biases.values())
+    model(img)[0].pow(2).sum().backward()
+    reference.forward_features(img)[:, 0].pow(2).sum().backward()
+    m = model.prompt
+    names = dict(norm1='norm1', qkv='attn.qkv', proj='attn.proj', norm2='norm2', fc1='mlp.fc1', fc2='mlp.fc2')
+    for op, path in names.items():
+        for layer in range(m.num_layers):
+            grad = getattr(m, f'bias_{op}').grad[layer]
+            torch.testing.assert_close(grad, biases[f'blocks.{layer}.{path}.bias'].grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(m.bias_patch_embed.grad, biases['patch_embed.proj.bias'].grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(m.bias_norm.grad, biases['norm.bias'].grad, rtol=0, atol=1e-10)
+
+
+def test_tuned_parameter_counts_on_vit_b():
+    def count(prompt):
+        with torch.device('meta'):
+            model = PromptedViT(arch='vit_base_patch16_224', prompt=prompt)
+        return sum(p.numel() for p in model.prompt.parameters())
+    assert count(dict(type='mmvpt.LoRA')) == 12 * 2 * 2 * 8 * 768  # rank 8 on q and v
+    assert count(dict(type='mmvpt.BitFit')) == 102_912  # every bias of ViT-B
+    assert count(dict(type='mmvpt.SSF')) == 205_824  # SSF's 0.21 M
+    assert count(dict(type='mmvpt.AdaptFormer')) == 12 * (2 * 64 * 768 + 64 + 768)
+    assert count(dict(type='mmvpt.Adapter', bottleneck=8)) == 12 * 2 * (2 * 8 * 768 + 8 + 768)
+
+
+@pytest.mark.parametrize('backbone', ['vit', 'swin'])
+@pytest.mark.parametrize('name', ['lora_qv', 'ssf', 'bitfit', 'adaptformer', 'adapter_houlsby'])
+def test_stacked_tasks_give_each_sample_its_own_tasks_output(backbone, name):
+    models = [randomised(backbone, name, seed) for seed in range(3)]
+    for other in models[1:]:
+        other.timm_model.load_state_dict(models[0].timm_model.state_dict())
+    img = torch.randn(5, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        own = [m(img)[0] for m in models]
+        served = models[0]
+        served.prompt = served.prompt.stacked({f't{i}': m.prompt.state_dict() for i, m in enumerate(models)})
+        tasks = torch.tensor([2, 0, 1, 1, 2])
+        mixed = served(img, tasks=tasks)[0]
+    for row, task in enumerate(tasks.tolist()):
+        torch.testing.assert_close(mixed[row], own[task][row], rtol=0, atol=1e-10)
+
+
+def test_lora_equals_peft_on_the_same_timm_vit():
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(0)
+    model = build(dict(type='mmvpt.LoRA', rank=2, alpha=6, targets=('qkv', 'proj', 'fc1', 'fc2')))
+    model = model.double().eval()
+    reference = timm.create_model(model.arch, pretrained=False, num_classes=0, img_size=32,
+                                  **model_arch_cfg('vit')).double()
+    reference.load_state_dict(model.vit.state_dict())
+    peft_model = get_peft_model(reference, LoraConfig(
+        r=2, lora_alpha=6, target_modules=r'blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)'))
+    m, blocks = model.prompt, peft_model.base_model.model.blocks
+    with torch.no_grad():
+        for layer, block in enumerate(blocks):
+            for target, linear in (('qkv', block.attn.qkv), ('proj', block.attn.proj),
+                                   ('fc1', block.mlp.fc1), ('fc2', block.mlp.fc2)):
+                a, b = torch.randn_like(tensor(m, f'lora_a_{target}', layer)), torch.randn_like(
+                    tensor(m, f'lora_b_{target}', layer))
+                getattr(m, f'lora_a_{target}')[layer].copy_(a)
+                getattr(m, f'lora_b_{target}')[layer].copy_(b)
+                linear.lora_A['default'].weight.copy_(a)
+                linear.lora_B['default'].weight.copy_(b)
+    peft_model.eval()
+    img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = peft_model.base_model.model.forward_features(img)[:, 0]
+        assert not torch.allclose(expected, model.vit.forward_features(img)[:, 0], atol=1e-3)
+        torch.testing.assert_close(model(img)[0], expected, rtol=0, atol=1e-10)
+    # the same trainable tensors, element for element
+    assert sum(p.numel() for p in m.parameters()) == sum(
+        p.numel() for n, p in peft_model.named_parameters() if p.requires_grad)
