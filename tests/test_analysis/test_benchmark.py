@@ -316,13 +316,14 @@ def test_multitask_rows(timing):
     """One backbone for N tasks holds the backbone once and N tasks' prompts and heads; N
     separate models hold N of everything."""
     arch, img, tiny = TINY_VIT
-    checked = options(tiny, methods=['cvpt', 'vpt'], prompts=[4], steps=1, device='cpu',
+    checked = options(tiny, methods=['cvpt', 'vpt', 'lora'], prompts=[4], steps=1, device='cpu',
                       multitask=[1, 3], **timing)
     assert checked.threads == (1 if timing else None)
     backbone = tiny_vit_bytes(embed=32, depth=2, patch=8, img=32)
-    task = 4 * (PROMPTS + HEAD)
-    for method in ('cvpt', 'vpt'):
-        rows = bench.measure_serving(arch, img, 4, method, 4, checked)
+    lora = 2 * 2 * 2 * 8 * 32  # rank 8 on q and v: A and B in each of the 2 blocks
+    for method, p, tuned in (('cvpt', 4, PROMPTS), ('vpt', 4, PROMPTS), ('lora', 0, lora)):
+        task = 4 * (tuned + HEAD)
+        rows = bench.measure_serving(arch, img, 4, method, p, checked)
         assert [(r['setup'], r['tasks'], r['backbones']) for r in rows] == [
             ('one model, single-task batch', 1, 1),
             ('MultiTaskModel, mixed batch', 1, 1), ('separate models, one per task', 1, 1),
