@@ -1,4 +1,5 @@
 # BitFit on VTAB-1k resisc45 with Swin-B ImageNet-22k; the recipe of the ViT-B config.
+# BitFit: the relative-position bias tables too, as VPT's Swin "Bias" baseline.
 _base_ = ['./vit-b16_vtab-resisc45.py', '../_base_/models/swin-b.py']
 
-model = dict(backbone={{_base_.swin_b}}, head=dict(in_channels=1024))
+model = dict(backbone={{_base_.swin_b_bias_tables}}, head=dict(in_channels=1024))

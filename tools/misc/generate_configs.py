@@ -171,6 +171,9 @@ def render_swin(method, benchmark, task):
     if method == 'ivpt':
         lines.append('# iVPT: no attentive reinforcement, which needs a CLS token (Swin has none).')
         backbone = 'swin_b_without_ar'
+    elif method == 'bitfit':
+        lines.append("# BitFit: the relative-position bias tables too, as VPT's Swin \"Bias\" baseline.")
+        backbone = 'swin_b_bias_tables'
     elif method == 'e2vpt':
         lines.append(f'# E2VPT: batch {E2VPT_SWIN_BATCH} on Swin (E2VPT paper), lr 2.5 x batch / 256; '
                      'pruning reaches the first stage only.')

@@ -11,3 +11,6 @@ swin_b = dict(
     init_cfg=dict(type='Pretrained', checkpoint='pretrained/swin_base_patch4_window7_224_22k.pth'))
 # iVPT's attentive reinforcement needs a CLS token, which Swin lacks.
 swin_b_without_ar = dict(swin_b, prompt=dict(num_ar_tokens=0))
+# The Swin "Bias" row of VPT's and E²VPT's tables (0.29% tuned): VPT's code tuned every tensor
+# named *bias*, the relative-position bias tables too.
+swin_b_bias_tables = dict(swin_b, prompt=dict(position_bias=True))

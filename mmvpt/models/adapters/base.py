@@ -14,15 +14,21 @@ from ..prompts.base import PromptMethod
 
 #: the frozen operations of a block, in the order they run
 BLOCK_OPS = ('norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2')
-#: the operations outside the blocks (``layer`` None in ``adapt``)
-GLOBAL_OPS = ('patch_embed', 'norm')
+#: the operations outside the blocks: the patch projection (only where the patch embedding
+#: normalises it: Swin), the patch embedding, the norm of each patch merging (Swin; ``layer``
+#: in ``adapt``: the first block of the stage it starts, else None) and the final norm
+OUTER_OPS = ('patch_proj', 'patch_embed', 'merge_norm', 'norm')
 #: the query, key and value rows of the fused qkv projection, as LoRA targets
 QKV_ROWS = ('q', 'k', 'v')
 
 
 def op_module(backbone, layer, name):
-    """The frozen module of operation ``name`` of block ``layer`` (``layer`` None: the
-    patch embedding or the final norm)."""
+    """The frozen module of operation ``name`` of block ``layer`` (see :data:`OUTER_OPS`
+    for the others)."""
+    if name == 'patch_proj':
+        return backbone.timm_model.patch_embed.proj
+    if name == 'merge_norm':
+        return backbone.patch_mergings[layer].norm
     if layer is None:
         return getattr(backbone.timm_model, name)
     block = backbone.blocks[layer]
@@ -30,13 +36,18 @@ def op_module(backbone, layer, name):
             'norm2': block.norm2, 'fc1': block.mlp.fc1, 'fc2': block.mlp.fc2}[name]
 
 
+def last_affine(module):
+    """The module whose weight and bias make ``module``'s output last: a timm PatchEmbed's
+    norm (Swin) or projection (ViT), else the module (a linear, conv or norm) itself."""
+    if hasattr(module, 'proj') and hasattr(module, 'norm'):  # timm PatchEmbed
+        return module.proj if isinstance(module.norm, nn.Identity) else module.norm
+    return module
+
+
 def fold_affine(module, scale=None, shift=None):
     """Makes ``module(x) * scale + shift`` (per output channel) the module's own output, by
-    changing the weight and bias of its last affine operation: a timm PatchEmbed's norm
-    (Swin) or projection (ViT), else the module (a linear or a norm) itself."""
-    target = module
-    if hasattr(module, 'proj') and hasattr(module, 'norm'):  # timm PatchEmbed
-        target = module.proj if isinstance(module.norm, nn.Identity) else module.norm
+    changing the weight and bias of its :func:`last_affine` operation."""
+    target = last_affine(module)
     weight = target.weight
     if scale is not None:
         scale = scale.to(weight)
@@ -71,7 +82,10 @@ class AdapterMethod(PromptMethod):
 
     def op_widths(self, op, layer):
         """(input width, output width) of operation ``op`` of block ``layer``; ``'q'``,
-        ``'k'``, ``'v'``: one third of the qkv projection."""
+        ``'k'``, ``'v'``: one third of the qkv projection; ``'position_bias'``: its table's
+        (entries, heads)."""
+        if op == 'position_bias':
+            return self.position_bias_entries[layer], self.layer_heads[layer]
         dim, mlp = self.layer_dims[layer], self.layer_mlp_dims[layer]
         return {'norm1': (dim, dim), 'qkv': (dim, 3 * dim), 'q': (dim, dim), 'k': (dim, dim),
                 'v': (dim, dim), 'proj': (dim, dim), 'norm2': (dim, dim), 'fc1': (dim, mlp),
@@ -100,9 +114,37 @@ class AdapterMethod(PromptMethod):
         over the batch with one task."""
         return ctx.per_sample(ctx.at(name, layer))
 
-    def global_per_sample(self, ctx, param):
-        """A tensor of an operation outside the blocks per sample: (B | 1, ...)."""
-        return ctx.per_sample(self.with_task_axis(param))
+    # -- one vector per output channel of chosen operations, inside and outside the blocks
+    def backbone_ops(self):
+        """The operations this backbone runs through ``adapt``, outside the blocks first."""
+        absent = {'patch_proj': not self.patch_norm, 'merge_norm': not self.patch_mergings}
+        return tuple(op for op in OUTER_OPS if not absent.get(op)) + BLOCK_OPS
+
+    def op_layers(self, op):
+        """The ``layer`` values ``adapt`` is asked ``op`` with."""
+        if op in BLOCK_OPS:
+            return range(self.num_layers)
+        return [layer for layer, _ in self.patch_mergings] if op == 'merge_norm' else [None]
+
+    def channel_parameter(self, name, op, init):
+        """Registers ``name``: a vector over ``op``'s output channels per place it runs
+        (per block as :meth:`op_parameter`; a list, one per patch merging; or one)."""
+        if op in BLOCK_OPS:
+            return self.op_parameter(name, op, lambda i, o: (o, ), init)
+        if op == 'merge_norm':
+            setattr(self, name, nn.ParameterList(_vector(width, init) for _, width in self.patch_mergings))
+        else:
+            setattr(self, name, _vector(self.layer_dims[-1 if op == 'norm' else 0], init))
+
+    def channel_vector(self, name, op, layer, ctx=None):
+        """The vector ``name`` of ``op`` at ``layer``: per sample, (B | 1, C), with the
+        forward's ``ctx``; else as held (for merging)."""
+        if op in BLOCK_OPS:
+            return self.at(getattr(self, name), layer) if ctx is None else self.per_sample(ctx, name, layer)
+        vector = getattr(self, name)
+        if op == 'merge_norm':
+            vector = vector[[first for first, _ in self.patch_mergings].index(layer)]
+        return vector if ctx is None else ctx.per_sample(self.with_task_axis(vector))
 
 
 def channelwise(t, x):
@@ -117,3 +159,51 @@ def kaiming_rows(tensor):
     (out, in) layer slice of a per-layer tensor."""
     for layer in tensor:
         nn.init.kaiming_uniform_(layer, a=math.sqrt(5))
+
+
+def _vector(width, init):
+    t = torch.empty(width)
+    init(t)
+    return nn.Parameter(t)
+
+
+class ChannelAffine(AdapterMethod):
+    """``out * scale + shift`` per output channel of chosen frozen operations, each place
+    its own vectors: SSF (scale and shift), BitFit (a shift: the change of the bias).
+    Affine in the frozen operation, so it folds into its weight and bias.
+
+    A subclass names its tensors: ``scale_init`` (None: no scale) and ``shift_prefix`` /
+    ``shift_init``; tensors are ``{prefix}_{op}``.
+    """
+    adapts_ops = True
+    scale_init = None
+    shift_prefix = 'shift'
+    shift_init = staticmethod(nn.init.zeros_)
+
+    def __init__(self, ops=None, **backbone):
+        super().__init__(**backbone)
+        # those the backbone has (None: all), in the order they run
+        self.ops = tuple(op for op in self.backbone_ops() if ops is None or op in ops)
+        for op in self.ops:
+            if self.scale_init is not None:
+                self.channel_parameter(f'scale_{op}', op, self.scale_init)
+            self.channel_parameter(f'{self.shift_prefix}_{op}', op, self.shift_init)
+
+    def adapt(self, ctx, layer, name, module, x):
+        out = module(x)
+        if name not in self.ops:
+            return out
+        if self.scale_init is not None:
+            out = out * channelwise(self.channel_vector(f'scale_{name}', name, layer, ctx), out)
+        return out + channelwise(self.channel_vector(f'{self.shift_prefix}_{name}', name, layer, ctx), out)
+
+    def merge_into(self, backbone):
+        # (W x + b) * scale + shift = (scale W) x + (scale b + shift)
+        for op in self.ops:
+            for layer in self.op_layers(op):
+                scale = None if self.scale_init is None else self.channel_vector(f'scale_{op}', op, layer)
+                fold_affine(op_module(backbone, layer, op), scale,
+                            self.channel_vector(f'{self.shift_prefix}_{op}', op, layer))
+
+    def extra_repr(self):
+        return f'ops={self.ops}'

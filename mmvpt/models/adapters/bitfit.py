@@ -1,44 +1,59 @@
 """BitFit (Ben Zaken et al., ACL 2022): the frozen model's bias terms are the tuned tensors.
 
-Each is held as a change (zero at the start) added to its operation's output: for a linear
-or a norm, W x + b + d is the operation with bias b + d, so the frozen weights stay shared
+Each is held as a change (zero at the start) added to its operation's output: for a linear,
+conv or norm, W x + b + d is the operation with bias b + d, so the frozen weights stay shared
 (several tasks on one backbone) and merging is b += d."""
-import torch
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
-from .base import BLOCK_OPS, GLOBAL_OPS, AdapterMethod, channelwise, fold_affine, op_module
+from .base import ChannelAffine
 
 
 @MODELS.register_module()
-class BitFit(AdapterMethod):
-    """Tunes the biases of the patch embedding, of each block's norm1, qkv (where it has a
-    bias), proj, norm2, fc1 and fc2, and of the final norm. On Swin the patch embedding's
-    tuned bias is that of its norm, its last operation."""
-    display_name = 'BitFit'
-    adapts_ops = True
+class BitFit(ChannelAffine):
+    """Tunes every bias of the frozen model: those of each block's norm1, qkv (where it has
+    one), proj, norm2, fc1 and fc2, of the patch embedding (on Swin its projection's and its
+    norm's), of each patch merging's norm (Swin; its reduction has none) and of the final
+    norm.
 
-    def __init__(self, **backbone):
+    Args:
+        position_bias: also tune Swin's relative-position bias tables (a change of each
+            block's table, looked up like it). They are position terms rather than biases
+            in BitFit's sense; VPT's Swin "Bias" baseline tuned every tensor named ``*bias*``
+            and so them too: set True to reproduce it.
+    """
+    display_name = 'BitFit'
+    shift_prefix = 'bias'
+    shift_init = staticmethod(nn.init.zeros_)
+
+    def __init__(self, position_bias=False, **backbone):
         super().__init__(**backbone)
-        self.ops = tuple(op for op in BLOCK_OPS if op != 'qkv' or self.qkv_bias)
-        for op in self.ops:
-            self.op_parameter(f'bias_{op}', op, lambda i, o: (o, ), nn.init.zeros_)
-        self.bias_patch_embed = nn.Parameter(torch.zeros(self.layer_dims[0]))
-        self.bias_norm = nn.Parameter(torch.zeros(self.layer_dims[-1]))
+        self.position_bias = position_bias
+        if position_bias:
+            entries = self.position_bias_entries
+            if entries is None:
+                raise ValueError('BitFit position_bias=True: this backbone has no relative-position '
+                                 'bias tables (Swin has)')
+            if any(len(set(entries[start:end])) > 1 for start, end in self.stages):
+                raise ValueError(f'BitFit position_bias=True needs one table size per stage, got {entries}')
+            self.op_parameter('bias_position', 'position_bias', lambda rows, heads: (rows, heads), nn.init.zeros_)
+
+    def backbone_ops(self):
+        return tuple(op for op in super().backbone_ops() if op != 'qkv' or self.qkv_bias)
 
     def adapt(self, ctx, layer, name, module, x):
-        out = module(x)
-        if layer is None:
-            delta = self.global_per_sample(ctx, getattr(self, f'bias_{name}'))
-        elif name in self.ops:
-            delta = self.per_sample(ctx, f'bias_{name}', layer)
-        else:
-            return out
-        return out + channelwise(delta, out)
+        if name == 'position_bias':  # the table changed, then looked up
+            if not self.position_bias:
+                return module(x)
+            return module(x + self.per_sample(ctx, 'bias_position', layer).to(x.dtype))
+        return super().adapt(ctx, layer, name, module, x)
 
     def merge_into(self, backbone):
-        for op in GLOBAL_OPS:
-            fold_affine(op_module(backbone, None, op), shift=getattr(self, f'bias_{op}'))
-        for op in self.ops:
-            for layer in range(self.num_layers):
-                fold_affine(op_module(backbone, layer, op), shift=self.at(getattr(self, f'bias_{op}'), layer))
+        super().merge_into(backbone)
+        if self.position_bias:
+            for layer, block in enumerate(backbone.blocks):
+                table = block.attn.relative_position_bias_table
+                table.add_(self.at(self.bias_position, layer).to(table))
+
+    def extra_repr(self):
+        return super().extra_repr() + f', position_bias={self.position_bias}'

@@ -6,8 +6,10 @@ from functools import partial
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from timm.layers.format import Format, nchw_to
 from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
@@ -77,6 +79,7 @@ class PromptedBackbone(BaseModule):
         method_class = MODELS.get(prompt['type']) if isinstance(prompt, dict) and 'type' in prompt else None
         if isinstance(method_class, type) and issubclass(method_class, PromptMethod):
             check_method_options(method_class, prompt)
+        method_args.setdefault('patch_norm', not isinstance(self.timm_model.patch_embed.norm, nn.Identity))
         self.prompt = None if prompt is None else MODELS.build(prompt, default_args=method_args)
 
     # -- the prompted block ----------------------------------------------------------
@@ -171,6 +174,17 @@ class PromptedBackbone(BaseModule):
         if method is None or not method.adapts_ops:
             return None
         return partial(method.adapt, ctx, layer)
+
+    def embed_patches(self, img, op):
+        """The timm patch embedding of ``img`` through ``op`` (:meth:`op_of`): one operation,
+        ``'patch_embed'``, or where the embedding normalises its projection (Swin) two, the
+        projection ``'patch_proj'`` then the norm ``'patch_embed'`` (SSF's Swin code scales
+        and shifts after each)."""
+        patch_embed = self.timm_model.patch_embed
+        if op is None or isinstance(patch_embed.norm, nn.Identity):
+            return run_op(op, 'patch_embed', patch_embed, img)
+        x = op('patch_proj', partial(project_patches, patch_embed), img)
+        return op('patch_embed', patch_embed.norm, x)
 
     def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row, op):
         """Block attention on the normalised sequence ``x`` with extra keys/values, its
@@ -292,3 +306,14 @@ def _mlp_dim(block):
 def _plus(x, term):
     """``x + term``, or ``x`` where the method adds no term."""
     return x if term is None else x + term
+
+
+def project_patches(patch_embed, img):
+    """timm ``PatchEmbed.forward`` without its norm: padding, projection, token layout."""
+    if patch_embed.dynamic_img_pad:
+        patch_h, patch_w = patch_embed.patch_size
+        img = F.pad(img, (0, -img.shape[-1] % patch_w, 0, -img.shape[-2] % patch_h))
+    x = patch_embed.proj(img)
+    if patch_embed.flatten:
+        return x.flatten(2).transpose(1, 2)  # (B, N, C)
+    return x if patch_embed.output_fmt == Format.NCHW else nchw_to(x, patch_embed.output_fmt)

@@ -1,6 +1,9 @@
 """A timm SwinTransformer, frozen, run block by block with a prompt method plugged in."""
 import torch
-from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.swin_transformer import (PatchMerging, SwinTransformer, SwinTransformerBlock,
+                                          WindowAttention)
 
 from mmvpt.registry import MODELS
 from ..utils.attention import run_op, window_attention
@@ -81,13 +84,20 @@ class PromptedSwin(PromptedBackbone):
         self.num_stages = len(swin.layers)
         self.embed_dims = swin.num_features
         self.out_indices = self.check_out_indices(out_indices, self.num_stages, 'stages')
+        #: {first block of a stage: the patch merging that starts it}, a plain dict
+        self.patch_mergings = {}
+        for index, stage in enumerate(swin.layers):
+            if not isinstance(stage.downsample, nn.Identity):
+                self.patch_mergings[sum(len(s.blocks) for s in swin.layers[:index])] = stage.downsample
         self.build_prompt(
             frozen, prompt, num_layers=self.num_layers,
             embed_dim=[b.norm1.normalized_shape[0] for b in self.blocks],
             num_heads=[b.attn.num_heads for b in self.blocks],
             patch_size=swin.patch_embed.patch_size[0],
             qkv_bias=self.blocks[0].attn.qkv.bias is not None, has_cls_token=False,
-            mlp_dim=[_mlp_dim(b) for b in self.blocks])
+            mlp_dim=[_mlp_dim(b) for b in self.blocks],
+            patch_mergings=tuple((layer, m.norm.normalized_shape[0]) for layer, m in self.patch_mergings.items()),
+            position_bias_entries=[b.attn.relative_position_bias_table.shape[0] for b in self.blocks])
 
     @property
     def timm_model(self):
@@ -104,9 +114,11 @@ class PromptedSwin(PromptedBackbone):
     def _check_supported(arch, swin):
         odd = {type(b).__name__ for s in swin.layers for b in s.blocks
                if type(b) is not SwinTransformerBlock or type(b.attn) is not WindowAttention}
+        odd |= {type(s.downsample).__name__ for s in swin.layers
+                if type(s.downsample) not in (PatchMerging, nn.Identity)}
         if odd:
             raise ValueError(f'PromptedSwin arch={arch!r} uses {sorted(odd)}; prompt methods '
-                             'plug into timm SwinTransformerBlock / WindowAttention only')
+                             'plug into timm SwinTransformerBlock / WindowAttention / PatchMerging only')
 
     def load_pretrained(self, path):
         load_swin_pretrained(self.swin, path)
@@ -129,12 +141,12 @@ class PromptedSwin(PromptedBackbone):
         tensors (``mmvpt.apis.MultiTaskModel``)."""
         ctx = self.start(img.shape[0], tasks)
         op = self.op_of(ctx, None)
-        x = run_op(op, 'patch_embed', self.swin.patch_embed, img)  # (B, H, W, C)
+        x = self.embed_patches(img, op)  # (B, H, W, C)
         outs = []
         layer = 0
         prompts = None  # VPT-shallow's carried set, or the pooled last block's prompt outputs
         for index, stage in enumerate(self.swin.layers):
-            x = stage.downsample(x)
+            x = merge_patches(stage.downsample, x, self.op_of(ctx, layer))
             B, H, W, C = x.shape
             seq = x.reshape(B, H * W, C)
             if prompts is not None:
@@ -163,6 +175,17 @@ class PromptedSwin(PromptedBackbone):
         if prompts is None:
             return x.mean(dim=(1, 2))
         return torch.cat([prompts.expand(B, -1, -1), x.reshape(B, -1, C)], dim=1).mean(dim=1)
+
+
+def merge_patches(downsample, x, op):
+    """A stage's patch merging on the (B, H, W, C) map: timm ``PatchMerging.forward``, its
+    norm through ``op`` (:meth:`~PromptedBackbone.op_of`) as operation ``'merge_norm'``."""
+    if op is None or isinstance(downsample, nn.Identity):
+        return downsample(x)
+    B, H, W, C = x.shape
+    x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    x = x.reshape(B, (H + 1) // 2, 2, (W + 1) // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+    return downsample.reduction(op('merge_norm', downsample.norm, x))
 
 
 def merge_prompts(downsample, prompts):

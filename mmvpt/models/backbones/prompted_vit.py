@@ -108,7 +108,7 @@ class PromptedViT(PromptedBackbone):
         B = img.shape[0]
         patch = vit.patch_embed.patch_size
         grid = (-(-img.shape[-2] // patch[0]), -(-img.shape[-1] // patch[1]))  # padded up
-        x = run_op(op, 'patch_embed', vit.patch_embed, img)
+        x = self.embed_patches(img, op)
         pos_embed = vit.pos_embed
         if pos_embed is not None and tuple(grid) != tuple(vit.patch_embed.grid_size):
             pos_embed = resample_abs_pos_embed(

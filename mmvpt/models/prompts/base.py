@@ -20,9 +20,11 @@ point                asked                                     used by
                      the CLS attention row over image tokens   reinforcement)
 ``adapt``            the output of a frozen operation (norm1,  LoRA, SSF, BitFit
                      qkv, proj, norm2, fc1, fc2 of block l;
-                     the patch embedding and final norm),
-                     given its module and input; asked only
-                     of a method with ``adapts_ops``
+                     the patch embedding (and its projection
+                     where it has a norm), the patch mergings'
+                     norms, the final norm), given its module
+                     and input; asked only of a method with
+                     ``adapts_ops``
 ``branch``           the attention or MLP branch's output      Adapter, AdaptFormer
                      (after layer scale and drop-path, before
                      it joins the residual stream), given the
@@ -105,6 +107,12 @@ class PromptMethod(nn.Module):
         has_cls_token: whether the backbone has a CLS token (iVPT's attentive
             reinforcement needs one).
         mlp_dim: hidden width of the blocks' MLPs: an int, or one per block (default 4 D).
+        patch_norm: whether the patch embedding normalises its projection (Swin): the
+            backbone then runs ``'patch_proj'`` and ``'patch_embed'`` through :meth:`adapt`.
+        patch_mergings: ``((layer, width), ...)``: per patch merging (Swin), the first block
+            of the stage it starts and its norm's width (4 C).
+        position_bias_entries: rows of each block's relative-position bias table (Swin),
+            one per block, or None where the attention has none.
     """
     #: the name tables and reports print (:func:`display_name`)
     display_name = None
@@ -118,7 +126,8 @@ class PromptMethod(nn.Module):
     adapts_ops = False
 
     def __init__(self, num_layers, embed_dim, num_heads, patch_size=16, qkv_bias=True,
-                 has_cls_token=True, mlp_dim=None):
+                 has_cls_token=True, mlp_dim=None, patch_norm=False, patch_mergings=(),
+                 position_bias_entries=None):
         super().__init__()
         self.num_layers = num_layers
         self.layer_dims = _per_layer('embed_dim', embed_dim, num_layers)
@@ -137,6 +146,10 @@ class PromptMethod(nn.Module):
         self.patch_size = patch_size if isinstance(patch_size, int) else patch_size[0]
         self.qkv_bias = qkv_bias
         self.has_cls_token = has_cls_token
+        self.patch_norm = patch_norm
+        self.patch_mergings = tuple(tuple(m) for m in patch_mergings)
+        self.position_bias_entries = (None if position_bias_entries is None
+                                      else _per_layer('position_bias_entries', position_bias_entries, num_layers))
         #: tasks stacked on the tuned tensors' leading axis (None: one task, no such axis)
         self.num_tasks = None
 
@@ -266,8 +279,12 @@ class PromptMethod(nn.Module):
 
     def adapt(self, ctx, layer, name, module, x):
         """The output of the frozen ``module`` (named ``name``: ``'norm1'``, ``'qkv'``,
-        ``'proj'``, ``'norm2'``, ``'fc1'``, ``'fc2'`` of block ``layer``; ``'patch_embed'``
-        and ``'norm'`` with ``layer`` None) on ``x``; asked only if :attr:`adapts_ops`."""
+        ``'proj'``, ``'norm2'``, ``'fc1'``, ``'fc2'`` of block ``layer``; ``'merge_norm'``,
+        the norm of the patch merging that starts the stage whose first block is ``layer``
+        (Swin); ``'position_bias'``, block ``layer``'s relative-position bias looked up in
+        its (1, entries, H) table ``x`` (Swin); ``'patch_proj'`` (see ``patch_norm``),
+        ``'patch_embed'`` and ``'norm'`` with ``layer`` None) on ``x``; asked only if
+        :attr:`adapts_ops`."""
         return module(x)
 
     def branch(self, ctx, layer, name, x, out):

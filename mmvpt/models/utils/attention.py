@@ -10,6 +10,7 @@ keys it attends with and hands them over. Without a probe nothing extra is compu
 """
 import weakref
 from contextlib import contextmanager
+from functools import partial
 from typing import NamedTuple, Optional
 
 import torch
@@ -362,6 +363,22 @@ def window_attention(block, x, grid, before=None, after=None, key_mask=None, num
     return out if prompt_out is None else torch.cat([prompt_out, out], dim=1)
 
 
+def position_bias(attn, op=None):
+    """timm ``WindowAttention._get_rel_pos_bias``: its table looked up by relative position,
+    (1, H, N, N); through ``op`` (:func:`run_op`) as operation ``'position_bias'`` on the
+    (1, entries, H) table, which a method may change (BitFit's ``position_bias``): then
+    (1 | B, H, N, N)."""
+    if op is None:
+        return attn._get_rel_pos_bias()
+    return op('position_bias', partial(lookup_position_bias, attn), attn.relative_position_bias_table[None])
+
+
+def lookup_position_bias(attn, tables):
+    """(T, entries, H) relative-position tables -> (T, H, N, N) window biases."""
+    N = attn.window_area
+    return tables[:, attn.relative_position_index.view(-1)].view(-1, N, N, tables.shape[-1]).permute(0, 3, 1, 2)
+
+
 def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_mask=None, op=None):
     """``WindowAttention.forward`` over (B * nW, N, C) windows plus (B, P, C) prompt
     tokens and extra keys/values; see :func:`window_attention`."""
@@ -369,6 +386,7 @@ def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_
     B, P = prompts.shape[:2]
     num_windows = num_windows_total // B
     heads, head_dim, width = _widths(attn)
+    bias = position_bias(attn, op)  # (1 | B, H, N, N)
     if op is not None:  # a method's operations see each sample's tokens: (B, nW * N, C)
         per_sample_op = op
 
@@ -393,19 +411,21 @@ def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_
             *[kv for kv in (parts[0], (k, v), parts[1]) if kv is not None]))
     E_before, E_after = num_keys(before), num_keys(after)
 
-    # Relative-position bias and shift mask over the window tokens only, zeros elsewhere.
-    bias = attn._get_rel_pos_bias()  # (1, H, N, N)
+    # Relative-position bias and shift mask over the window tokens only, zeros elsewhere:
+    # (1 | B, 1 | nW, H, P + N, keys), expanded to the windows only where it differs by them.
+    bias = bias.unsqueeze(1)
     if mask is not None:
-        bias = bias + mask.unsqueeze(1)  # (nW, H, N, N)
+        bias = bias + mask[:, None]
     key_start = E_before + P
-    padded = bias.new_zeros(bias.shape[0], heads, P + N, E_before + P + N + E_after)
-    padded[:, :, P:, key_start:key_start + N] = bias
+    padded = bias.new_zeros(*bias.shape[:3], P + N, E_before + P + N + E_after)
+    padded[..., P:, key_start:key_start + N] = bias
     if key_mask is not None:  # per sample: -inf on the keys it may not attend to
         key_bias = padded.new_zeros(B, padded.shape[-1]).masked_fill_(~key_mask, float('-inf'))
-        padded = (padded.unsqueeze(0) + key_bias[:, None, None, None]).expand(
-            B, num_windows, -1, -1, -1).reshape(-1, *padded.shape[1:])
-    elif mask is not None:
-        padded = padded.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(-1, *padded.shape[1:])
+        padded = padded + key_bias[:, None, None, None]
+    if padded.shape[:2] == (1, 1):
+        padded = padded[0]  # the same for every window of every sample
+    else:
+        padded = padded.expand(B, num_windows, -1, -1, -1).reshape(-1, *padded.shape[2:])
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=padded, dropout_p=attn.attn_drop.p if attn.training else 0.)
     out = out.transpose(1, 2).reshape(-1, P + N, width)
