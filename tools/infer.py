@@ -1,8 +1,11 @@
 """Predict with a checkpoint (tuned-only or full) on images, for mmpretrain and mmseg configs
 alike (the host library is taken from the config's ``default_scope``).
 
-    python tools/infer.py CONFIG CHECKPOINT INPUT... [--out-dir DIR] [--topk K]
+    python tools/infer.py CONFIG CHECKPOINT INPUT... [--out-dir DIR] [--topk K] [--merge]
                                                      [--device cpu|cuda] [--cfg-options k=v ...]
+
+``--merge`` folds a LoRA / SSF / BitFit method into the frozen weights first (the deployed
+model's cost, the same predictions).
 
 INPUT: image files, folders (every image below them, recursively, sorted by path; files
 without an image extension are skipped) and glob patterns (quote them; ``**`` spans folders).
@@ -56,6 +59,8 @@ def parse_args(argv=None):
                         'labels/ and overlays/) go; default ./work_dirs/<config name>/infer')
     parser.add_argument('--topk', type=int, default=5,
                         help='classification: classes printed and saved per image (default 5)')
+    parser.add_argument('--merge', action='store_true', help='fold the method (LoRA, SSF, '
+                        'BitFit) into the frozen weights first')
     parser.add_argument('--device', choices=['cpu', 'cuda'],
                         help='default: cuda where available, else cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -83,7 +88,7 @@ def main(argv=None):
     try:
         predictions = infer_images(args.config, args.checkpoint, args.inputs, out_dir,
                                    topk=args.topk, device=args.device,
-                                   cfg_options=args.cfg_options)
+                                   cfg_options=args.cfg_options, merge=args.merge)
     except InputError as err:
         sys.exit(f'mmvpt: {err}')
     for prediction in predictions:

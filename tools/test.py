@@ -1,10 +1,12 @@
 """Test a checkpoint with an mmpretrain or mmseg config (picked by its default_scope).
 
-    python tools/test.py CONFIG CHECKPOINT [--tta] [--work-dir DIR] [--out FILE]
+    python tools/test.py CONFIG CHECKPOINT [--tta] [--merge] [--work-dir DIR] [--out FILE]
                                            [--cfg-options k=v ...] [--launcher ...]
 
 ``--tta`` runs the config's test-time augmentation: multi-scale + flip for segmentation
 (the config's ``tta_model`` / ``tta_pipeline``), flip averaging for classification.
+``--merge`` folds a LoRA / SSF / BitFit method into the frozen weights before testing
+(the deployed model's cost; ``tools/misc/merge_method.py`` writes such a checkpoint).
 """
 import argparse
 import os
@@ -26,6 +28,8 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation '
                         '(segmentation: multi-scale + flip)')
+    parser.add_argument('--merge', action='store_true', help='fold the method (LoRA, SSF, '
+                        'BitFit) into the frozen weights before testing')
     parser.add_argument('--out', help='classification: a pickle file for the predictions; '
                         'segmentation: a folder for the predicted label PNGs')
     parser.add_argument(
@@ -48,6 +52,8 @@ def main(argv=None):
         apply_tta(cfg)
     if args.out:
         add_test_output(cfg, args.out)
+    if args.merge:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='mmvpt.MergeMethodHook')]
 
     init_distributed(args.launcher)
 

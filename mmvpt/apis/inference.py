@@ -253,9 +253,20 @@ def random_palette(count):
 
 
 # -- predicting ---------------------------------------------------------------------------------
-def classify_images(cfg, checkpoint, files, out_dir, topk=5, device='cpu'):
+def merge_for_inference(model):
+    """``--merge``: the model's method folded into its frozen weights (LoRA, SSF, BitFit),
+    or an :class:`InputError` that says why it cannot be."""
+    from mmvpt.models.backbones.base import merge_methods
+    try:
+        merge_methods(model)
+    except ValueError as err:
+        raise InputError(f'--merge: {err}') from None
+
+
+def classify_images(cfg, checkpoint, files, out_dir, topk=5, device='cpu', merge=False):
     """Top-``topk`` classes of every image (mmpretrain's ``ImageClassificationInferencer``):
-    ``[{"path", "topk": [{"index", "name", "score"}, ...]}]``, softmax scores, best first."""
+    ``[{"path", "topk": [{"index", "name", "score"}, ...]}]``, softmax scores, best first.
+    ``merge``: the method folded into the frozen weights first."""
     import numpy as np
     import mmpretrain.utils.progress as mmpretrain_progress
     from mmpretrain.apis import ImageClassificationInferencer
@@ -264,6 +275,8 @@ def classify_images(cfg, checkpoint, files, out_dir, topk=5, device='cpu'):
     check_outputs_spare_inputs(files, [osp.join(out_dir, PREDICTIONS)])
     classes, _ = dataset_meta(cfg, checkpoint, DATASETS)
     inferencer = ImageClassificationInferencer(model=cfg, pretrained=checkpoint, device=device)
+    if merge:
+        merge_for_inference(inferencer.model)
     mmpretrain_progress.disable_progress_bar = True  # ours counts images
 
     def predict(path):
@@ -275,7 +288,7 @@ def classify_images(cfg, checkpoint, files, out_dir, topk=5, device='cpu'):
     return predict_each(files, predict)
 
 
-def segment_images(cfg, checkpoint, files, out_dir, device='cpu'):
+def segment_images(cfg, checkpoint, files, out_dir, device='cpu', merge=False):
     """Label maps of every image (mmseg's ``MMSegInferencer``), written as
     ``out_dir/labels/NAME.png`` (class index per pixel) and ``out_dir/overlays/NAME.jpg``
     (the classes in colour over the image): ``[{"path", "labels", "overlay", "classes":
@@ -299,6 +312,8 @@ def segment_images(cfg, checkpoint, files, out_dir, device='cpu'):
         inferencer = MMSegInferencer(model=cfg, weights=checkpoint, device=device)
     inferencer.show_progress = False  # ours counts images
     model = inferencer.model
+    if merge:
+        merge_for_inference(model)
     num_classes = getattr(model.decode_head, 'num_classes', None) or len(classes or ())
     if classes is None or len(classes) < num_classes:  # unnamed classes: their index
         classes = list(classes or ()) + [str(i) for i in range(len(classes or ()), num_classes)]
@@ -344,10 +359,12 @@ def predict_each(items, predict):
     return results
 
 
-def infer_images(config, checkpoint, inputs, out_dir, topk=5, device=None, cfg_options=None):
+def infer_images(config, checkpoint, inputs, out_dir, topk=5, device=None, cfg_options=None,
+                 merge=False):
     """Predicts with ``checkpoint`` (tuned-only or full) of ``config`` (mmpretrain or mmseg,
     by its ``default_scope``) on the images ``inputs`` name (files, folders, glob patterns;
-    see :func:`expand_inputs`) and writes ``out_dir/predictions.json``.
+    see :func:`expand_inputs`) and writes ``out_dir/predictions.json``. ``merge``: the
+    method (LoRA, SSF, BitFit) is folded into the frozen weights first, as deployed.
 
     Returns the predictions, one dict per image (:func:`classify_images`,
     :func:`segment_images`). Files, inputs, the device, the config and a checkpoint that
@@ -375,9 +392,9 @@ def infer_images(config, checkpoint, inputs, out_dir, topk=5, device=None, cfg_o
     os.makedirs(out_dir, exist_ok=True)
     try:
         if cfg.default_scope == 'mmpretrain':
-            predictions = classify_images(cfg, checkpoint, files, out_dir, topk, device)
+            predictions = classify_images(cfg, checkpoint, files, out_dir, topk, device, merge)
         else:
-            predictions = segment_images(cfg, checkpoint, files, out_dir, device)
+            predictions = segment_images(cfg, checkpoint, files, out_dir, device, merge)
     except CheckpointMismatchError as err:
         raise InputError(f'{checkpoint}: {err}') from None
     atomic_write(osp.join(out_dir, PREDICTIONS), json.dumps(predictions, indent=1))

@@ -177,8 +177,11 @@ METHODS = {
 
 
 def prompt_config(backbone, method, methods=METHODS):
-    """``methods[method]`` as it runs on ``backbone`` (Swin: iVPT without AR)."""
+    """``methods[method]`` as it runs on ``backbone`` (Swin: iVPT without AR; BitFit with the
+    relative-position tables, as the Swin-B configs)."""
     prompt = methods[method]
     if prompt is not None and prompt['type'] == 'mmvpt.IVPT' and backbone == 'swin':
         prompt = {**prompt, 'num_ar_tokens': 0}
+    if prompt is not None and prompt['type'] == 'mmvpt.BitFit' and backbone == 'swin':
+        prompt = {**prompt, 'position_bias': True}
     return prompt

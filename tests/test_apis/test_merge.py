@@ -12,7 +12,7 @@ from mmengine.runner import load_checkpoint
 from mmvpt.apis import merge_checkpoint
 from mmvpt.utils.tuned_checkpoint import save_tuned_checkpoint
 
-from tests.conftest import DEMO_CONFIG, pretrained_line, run_tool
+from tests.conftest import DEMO_CONFIG, data_options, pretrained_line, run_tool
 from tests.helpers.tiny_models import DEMO_ARCH
 
 PROMPTS = dict(lora="dict(type='mmvpt.LoRA', rank=2, targets=('q', 'v', 'proj', 'fc1'))",
@@ -89,3 +89,55 @@ def test_merge_tool(tmp_path, demo_backbone):
     # an output that would overwrite the input is refused
     proc = run_tool('misc/merge_method.py', config, checkpoint, checkpoint, check=False)
     assert proc.returncode == 1 and 'would overwrite an input' in proc.stderr
+
+
+def test_test_tool_merges_before_testing(tmp_path, demo_backbone, tiny_vtab):
+    """tools/test.py --merge, in this process: the same scores as the tuned model, from the
+    plain backbone; a method that cannot merge stops the test, saying why."""
+    import pickle
+
+    from tools.test import main as test_main
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, 'lora')
+    scores_of = {}
+    for run, extra in (('tuned', []), ('merged', ['--merge'])):
+        out = tmp_path / f'{run}.pkl'
+        test_main([config, checkpoint, '--work-dir', str(tmp_path / run), '--out', str(out),
+                   '--cfg-options', *data_options(tiny_vtab)] + extra)
+        with open(out, 'rb') as f:
+            scores_of[run] = torch.stack([sample['pred_score'] for sample in pickle.load(f)])
+    torch.testing.assert_close(scores_of['merged'], scores_of['tuned'], rtol=0, atol=1e-5)
+    logs = [p.read_text() for p in (tmp_path / 'merged').rglob('*.log')]
+    assert any('LoRA merged into the frozen weights' in log for log in logs)
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, 'adaptformer')
+    with pytest.raises(ValueError, match='AdaptFormer cannot be merged'):  # one line by run_cli
+        test_main([config, checkpoint, '--merge', '--work-dir', str(tmp_path / 'af'),
+                   '--cfg-options', *data_options(tiny_vtab)])
+
+
+def test_inference_merges_when_asked(tmp_path, demo_backbone, monkeypatch):
+    """infer_images(merge=True) (tools/infer.py --merge): the tuned model's top-k from the
+    plain backbone; a method that cannot merge is one InputError."""
+    import numpy as np
+    from PIL import Image
+
+    from mmvpt.apis.inference import InputError, infer_images
+    from mmvpt.models.backbones.base import PromptedBackbone
+    from mmvpt.testing import synthetic_image
+    merged_methods = []
+    merge_method = PromptedBackbone.merge_method
+
+    def recording_merge(backbone):
+        merged_methods.append(type(backbone.prompt).__name__)
+        return merge_method(backbone)
+    monkeypatch.setattr(PromptedBackbone, 'merge_method', recording_merge)
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, 'ssf')
+    image = str(tmp_path / 'x.png')
+    Image.fromarray(synthetic_image(1, 4, 32, np.random.default_rng(0))).save(image)
+    tuned, merged = (infer_images(config, checkpoint, [image], str(tmp_path / run), topk=4, device='cpu',
+                                  merge=run == 'merged')[0]['topk'] for run in ('tuned', 'merged'))
+    assert [t['index'] for t in merged] == [t['index'] for t in tuned]
+    np.testing.assert_allclose([t['score'] for t in merged], [t['score'] for t in tuned], rtol=0, atol=1e-5)
+    assert merged_methods == ['SSF']  # once, for the merged run
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, 'adaptformer')
+    with pytest.raises(InputError, match='--merge: AdaptFormer cannot be merged'):
+        infer_images(config, checkpoint, [image], str(tmp_path / 'af'), device='cpu', merge=True)

@@ -2,8 +2,9 @@
 # The GPU tables of README "Speed and memory", in one command that fits a short GPU lease
 # (each part well inside 10 minutes on one H200):
 #
-#   bash tools/analysis/gpu_benchmark.sh eager     # ViT-B/16 bf16 batch 64, every method at
-#                                                  # P 10/50/200; ViT-L/16 512 batch 4; profiles
+#   bash tools/analysis/gpu_benchmark.sh eager     # ViT-B/16 bf16 batch 64, every prompt method
+#                                                  # at P 10/50/200, the adapter-style rows;
+#                                                  # ViT-L/16 512 batch 4; profiles
 #   bash tools/analysis/gpu_benchmark.sh compiled  # the same ViT-B rows under torch.compile
 #
 # On the lent GPU machine (../shared/gpu/README.md): bash .gpu-kit/run.sh bash tools/analysis/gpu_benchmark.sh eager
@@ -18,7 +19,7 @@ case $part in
   eager)
     {
       "${bench[@]}" --batch 64 --prompts 0,10,50,200 \
-          --methods none,linear,full,vpt,vpt_batch,e2vpt,cvpt,cvpt_sample,ivpt \
+          --methods none,linear,full,vpt,vpt_batch,e2vpt,cvpt,cvpt_sample,ivpt,lora,adaptformer,adapter,ssf,bitfit \
           --profile none:0 --profile vpt:200 --profile cvpt_sample:10 --profile e2vpt:50 --profile ivpt:50
       # the SETR shape: ViT-L/16 at 512, batch 4
       "${bench[@]}" --arch vit_large_patch16_384 --img-size 512 --batch 4 --prompts 0,200 \
@@ -27,7 +28,7 @@ case $part in
     ;;
   compiled)
     "${bench[@]}" --compile --batch 64 --prompts 0,10,200 \
-        --methods none,linear,full,vpt,e2vpt,cvpt_sample,ivpt 2>&1 | tee "$out/compiled.md"
+        --methods none,linear,full,vpt,e2vpt,cvpt_sample,ivpt,lora,ssf 2>&1 | tee "$out/compiled.md"
     ;;
   *)
     echo "usage: $0 eager|compiled" >&2

@@ -297,6 +297,25 @@ class PromptedBackbone(BaseModule):
             self.prompt.bind_backbone(self.blocks)
 
 
+def merge_methods(model):
+    """Folds the method of every prompted backbone in ``model`` into its frozen weights
+    (:meth:`PromptedBackbone.merge_method`); returns the merged methods' names. A model
+    without a method to merge, or with one that cannot be merged, raises a ValueError (a
+    user's error to the tools) that says why."""
+    merged = []
+    for module in model.modules():
+        if isinstance(module, PromptedBackbone) and module.prompt is not None:
+            name = type(module.prompt).__name__
+            try:
+                module.merge_method()
+            except NotImplementedError as err:
+                raise ValueError(str(err)) from None
+            merged.append(name)
+    if not merged:
+        raise ValueError('merge: the model has no method to merge (model.backbone.prompt is None)')
+    return merged
+
+
 def _mlp_dim(block):
     """The hidden width of a timm block's MLP (its first linear's outputs)."""
     fc1 = getattr(block.mlp, 'fc1', None)
