@@ -253,14 +253,14 @@ def random_palette(count):
 
 
 # -- predicting ---------------------------------------------------------------------------------
-def merge_for_inference(model):
-    """``--merge``: the model's method folded into its frozen weights (LoRA, SSF, BitFit),
-    or an :class:`InputError` that says why it cannot be."""
+def merge_into_weights(model, where='--merge'):
+    """The model's method folded into its frozen weights (LoRA, SSF, BitFit), or an
+    :class:`InputError` that says why it cannot be, prefixed with ``where``."""
     from mmvpt.models.backbones.base import merge_methods
     try:
         merge_methods(model)
     except ValueError as err:
-        raise InputError(f'--merge: {err}') from None
+        raise InputError(f'{where}: {err}') from None
 
 
 def classify_images(cfg, checkpoint, files, out_dir, topk=5, device='cpu', merge=False):
@@ -276,7 +276,7 @@ def classify_images(cfg, checkpoint, files, out_dir, topk=5, device='cpu', merge
     classes, _ = dataset_meta(cfg, checkpoint, DATASETS)
     inferencer = ImageClassificationInferencer(model=cfg, pretrained=checkpoint, device=device)
     if merge:
-        merge_for_inference(inferencer.model)
+        merge_into_weights(inferencer.model)
     mmpretrain_progress.disable_progress_bar = True  # ours counts images
 
     def predict(path):
@@ -313,7 +313,7 @@ def segment_images(cfg, checkpoint, files, out_dir, device='cpu', merge=False):
     inferencer.show_progress = False  # ours counts images
     model = inferencer.model
     if merge:
-        merge_for_inference(model)
+        merge_into_weights(model)
     num_classes = getattr(model.decode_head, 'num_classes', None) or len(classes or ())
     if classes is None or len(classes) < num_classes:  # unnamed classes: their index
         classes = list(classes or ()) + [str(i) for i in range(len(classes or ()), num_classes)]
@@ -415,10 +415,7 @@ def merge_checkpoint(config, checkpoint, out, timm_out=None, cfg_options=None):
             raise InputError(f'{path}: would overwrite an input; name another file')
     model, cfg = load_model(config, checkpoint, cfg_options)
     name = display_name(model.backbone.prompt)
-    try:
-        model.backbone.merge_method()
-    except NotImplementedError as err:  # the method cannot be merged: the user's choice
-        raise InputError(f'{config}: {err}') from None
+    merge_into_weights(model, config)
     cfg.model.backbone.prompt = None
     cfg.model.backbone.init_cfg = None  # the merged weights are in the checkpoint
     meta = dict(cfg=cfg.pretty_text, merged=name)

@@ -17,7 +17,7 @@ from tests.helpers.tiny_models import DEMO_ARCH
 
 PROMPTS = dict(lora="dict(type='mmvpt.LoRA', rank=2, targets=('q', 'v', 'proj', 'fc1'))",
                ssf="dict(type='mmvpt.SSF')", bitfit="dict(type='mmvpt.BitFit')",
-               adaptformer="dict(type='mmvpt.AdaptFormer', bottleneck=4)")
+               adaptformer="dict(type='mmvpt.AdaptFormer', bottleneck=4)", none='None')
 
 
 def tuned_task(tmp_path, pretrained, method):
@@ -32,7 +32,7 @@ def tuned_task(tmp_path, pretrained, method):
     model.init_weights()
     torch.manual_seed(0)
     with torch.no_grad():
-        for p in model.backbone.prompt.parameters():
+        for p in model.backbone.prompt.parameters() if model.backbone.prompt is not None else ():
             p.add_(torch.randn_like(p) * 0.1)
     checkpoint = save_tuned_checkpoint(tmp_path / f'{method}.pth', model, meta=dict(
         dataset_meta=dict(classes=[f'c{i}' for i in range(cfg.model.head.num_classes)])))
@@ -141,3 +141,11 @@ def test_inference_merges_when_asked(tmp_path, demo_backbone, monkeypatch):
     config, checkpoint = tuned_task(tmp_path, demo_backbone, 'adaptformer')
     with pytest.raises(InputError, match='--merge: AdaptFormer cannot be merged'):
         infer_images(config, checkpoint, [image], str(tmp_path / 'af'), device='cpu', merge=True)
+
+
+def test_merging_a_model_without_a_method_says_so(tmp_path, demo_backbone):
+    from mmvpt.apis.inference import InputError
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, 'none')
+    with pytest.raises(InputError, match='no method to merge'):
+        merge_checkpoint(config, checkpoint, str(tmp_path / 'merged.pth'))
+    assert not osp.exists(tmp_path / 'merged.pth')
