@@ -193,11 +193,9 @@ class ChannelAffine(AdapterMethod):
         out = module(x)
         if name not in self.ops:
             return out
-        shift = channelwise(self.channel_vector(f'{self.shift_prefix}_{name}', name, layer, ctx), out)
-        if self.scale_init is None:
-            return out + shift
-        # one kernel for out * scale + shift (eager runs every elementwise op on its own)
-        return torch.addcmul(shift, out, channelwise(self.channel_vector(f'scale_{name}', name, layer, ctx), out))
+        if self.scale_init is not None:
+            out = out * channelwise(self.channel_vector(f'scale_{name}', name, layer, ctx), out)
+        return out + channelwise(self.channel_vector(f'{self.shift_prefix}_{name}', name, layer, ctx), out)
 
     def merge_into(self, backbone):
         # (W x + b) * scale + shift = (scale W) x + (scale b + shift)
