@@ -8,4 +8,5 @@ from .prompt_pruning_hook import PromptPruningHook
 from .tuned_checkpoint_hook import TunedCheckpointHook, tuned_state_keys
 
 __all__ = ['CheckpointHook', 'CrossAttentionInitHook', 'DataCheckHook', 'DataError',
-           'MergeMethodHook', 'ParameterReportHook', 'PromptPruningHook', 'TunedCheckpointHook', 'tuned_state_keys']
+           'MergeMethodHook', 'ParameterReportHook', 'PromptPruningHook', 'TunedCheckpointHook',
+           'tuned_state_keys']
