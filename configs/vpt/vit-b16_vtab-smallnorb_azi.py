@@ -1,5 +1,5 @@
 # VPT-deep on VTAB-1k smallnorb_azi (18 classes).
-# 10 prompts is our default; VPT tuned the prompt length per task.
+# 10 prompts is our default; VPT chose the prompt length per task (tools/protocol.py searches it).
 _base_ = ['../_base_/methods/vpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'smallnorb_azi'

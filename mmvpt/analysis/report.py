@@ -243,12 +243,46 @@ def report_tables(results):
     return tables
 
 
+# The values a protocol chooses, as the chosen-values table prints them (summary key: label).
+CHOSEN_LABELS = dict(lr='lr', wd='wd', num_tokens='P', masked_tokens='masked tokens',
+                     masked_pieces='masked pieces')
+
+
+def format_chosen(chosen):
+    """'lr 0.625, wd 0.0001, P 50' of a summary's ``chosen`` values."""
+    return ', '.join(f'{CHOSEN_LABELS.get(name, name)} {value:g}' if isinstance(value, float)
+                     else f'{CHOSEN_LABELS.get(name, name)} {value}'
+                     for name, value in chosen.items())
+
+
+def chosen_table(spec, by_row):
+    """The values each result was trained with, per row and task (what tools/protocol.py
+    chose: the search's lr, wd and P, E²VPT's mask; a fixed recipe's lr and wd), or None
+    where no summary records them."""
+    cells = {key: [format_chosen(by_row[key][task]['chosen'])
+                   if 'chosen' in by_row[key].get(task, {}) else '-' for task in spec['tasks']]
+             for key in ordered_rows(by_row)}
+    if all(cell == '-' for row in cells.values() for cell in row):
+        return None
+    rows = [f'| {row_label(key)} | ' + ' | '.join(row) + ' |' for key, row in cells.items()]
+    lines = [f'### {spec["title"]}: the values chosen', '',
+             '| Method | ' + ' | '.join(HEADERS[t] for t in spec['tasks']) + ' |',
+             '|:--|' + ':--|' * len(spec['tasks']), *rows, '',
+             'What each result trained with: the protocol\'s choice on the val split (lr, wd, '
+             "P; E2VPT's masked tokens and pieces per token) or its fixed recipe's values; the "
+             "candidates' val scores are in each final/summary.json."]
+    return '\n'.join(lines) + '\n'
+
+
 def build_report(results):
     """(markdown, csv rows) for {benchmark: {RowKey: {task: summary}}}."""
     sections, csv_rows = [], []
     for spec, rows in report_tables(results):
         notes = spec['notes'] + ([SPLIT_NOTE] if any(key.split for key, _ in rows) else [])
         sections.append(markdown_table(spec['title'], spec['columns'], rows, notes))
+        chosen = chosen_table(spec, results[spec['benchmark']])
+        if chosen:
+            sections.append(chosen)
         csv_rows += [dict(benchmark=spec['benchmark'], method=key.method,
                           num_tokens=key.num_tokens, **row) for key, row in rows]
     return '\n'.join(sections), csv_rows

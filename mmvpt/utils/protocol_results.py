@@ -1,17 +1,21 @@
-"""The results of VPT's evaluation protocol (``tools/protocol.py``) in one place: reading
-what its runs leave (MMEngine's logs, scalars and test results), the ``summary.json`` files
-it writes, and reading those back (``tools/analysis/report.py``).
+"""The results of the protocols (``tools/protocol.py``, :mod:`mmvpt.protocols`) in one place:
+reading what their runs leave (MMEngine's logs, scalars and test results), the final
+``summary.json`` they write, and reading it back (``tools/analysis/report.py``).
 
-``grid/summary.json``: config, method, benchmark, task, metric, seed, train_split,
-val_split, batch_size, lrs, wds, runs (lr, wd, seed, score, step, scalars, work_dir of
-each) and best (lr, wd, score).
+``grid/summary.json`` (a search): config, method, benchmark, task, metric, score ('last' or
+'best' validation), prefer, seed, train_split, val_split, batch_size, space ({axis:
+values}), lrs, wds, runs (values, lr, wd, seed, score, step, scalars, work_dir of each) and
+best (the values and the score). ``rewind/summary.json`` (E²VPT): runs (tokens, pieces,
+score, ...) and best.
 
 ``final/summary.json``: config, method (the config's folder, e.g. ``cvpt``), method_name
 (:func:`~mmvpt.models.prompts.display_name`: ``CVPT``), prompt_type (``mmvpt.CVPT``; None
 without a prompt method), num_tokens (P, ``model.backbone.prompt.num_tokens``; None
 without), benchmark, task, metric, lr, wd, lr_source, train_split, test_split, seeds,
 test_accuracy ({seed: accuracy}), mean, std (over the seeds, n - 1), tuned_params,
-total_params, tuned_percent, work_dir.
+total_params, tuned_percent, work_dir; protocol (name, source, note), chosen (every value the
+final runs trained with: lr, wd, P where searched, E²VPT's masked_tokens / masked_pieces) and
+candidates ({stage: [{values, score}]}: every candidate's val score).
 
 Final summaries written before method_name and num_tokens were recorded read as they did:
 the name from the method's folder (:data:`METHOD_FOLDERS`), P from the config MMEngine
@@ -71,21 +75,36 @@ def newest_log(work_dir):
     return None
 
 
-def last_validation(work_dir, metric=METRIC):
-    """(score, step, scalars file) of the last validation of the newest launch in
-    ``work_dir``: the last line of its vis_data/scalars.json that holds ``metric``."""
+def validations(work_dir, metric=METRIC):
+    """(every validation of the newest launch in ``work_dir``: the lines of its
+    vis_data/scalars.json that hold ``metric``, the scalars file)."""
     for run_dir in reversed(timestamp_dirs(work_dir)):
         scalars = osp.join(run_dir, 'vis_data', 'scalars.json')
         if not osp.isfile(scalars):
             continue
         with open(scalars) as f:
-            validations = [json.loads(line) for line in f if metric in line]
-        validations = [v for v in validations if metric in v]
-        if validations:
-            return float(validations[-1][metric]), validations[-1].get('step'), scalars
+            lines = [json.loads(line) for line in f if metric in line]
+        lines = [line for line in lines if metric in line]
+        if lines:
+            return lines, scalars
         raise ProtocolError(f'{scalars}: no {metric} line; the run validated never '
                             '(check train_cfg.val_interval and val_dataloader)')
     raise ProtocolError(f'{work_dir}: no vis_data/scalars.json from a training run')
+
+
+def last_validation(work_dir, metric=METRIC):
+    """(score, step, scalars file) of the last validation of the newest launch in
+    ``work_dir``."""
+    lines, scalars = validations(work_dir, metric)
+    return float(lines[-1][metric]), lines[-1].get('step'), scalars
+
+
+def best_validation(work_dir, metric=METRIC):
+    """(score, step, scalars file) of the best validation of the newest launch in
+    ``work_dir`` (the first of equals)."""
+    lines, scalars = validations(work_dir, metric)
+    best = max(lines, key=lambda line: float(line[metric]))
+    return float(best[metric]), best.get('step'), scalars
 
 
 def test_accuracy(test_dir, metric=METRIC):
@@ -127,15 +146,6 @@ def last_checkpoint(work_dir):
     return checkpoint
 
 
-def best_run(runs):
-    """The run with the highest score; the first in grid order among equals."""
-    best = runs[0]
-    for run in runs[1:]:
-        if run['score'] > best['score']:
-            best = run
-    return best
-
-
 # -- the summaries ------------------------------------------------------------------------
 def _backbone_and_prompt(model_cfg):
     """(backbone config, prompt config or None) of a config's ``model``."""
@@ -158,17 +168,6 @@ def method_record(model_cfg):
     return dict(method_name=display_name(prompt, frozen=backbone.get('frozen', True)),
                 prompt_type=prompt.get('type') if prompt is not None else None,
                 num_tokens=_num_tokens(prompt))
-
-
-def grid_summary(info, splits, seed, batch_size, lrs, wds, runs):
-    """``grid/summary.json`` of the grid ``runs`` of a config (``info``: config, method,
-    benchmark, task)."""
-    best = best_run(runs)
-    return dict(config=info['config'], method=info['method'], benchmark=info['benchmark'],
-                task=info['task'], metric=METRIC, seed=seed, train_split=splits['grid_train'],
-                val_split=splits['grid_val'], batch_size=batch_size, lrs=list(lrs),
-                wds=list(wds), runs=runs,
-                best=dict(lr=best['lr'], wd=best['wd'], score=best['score']))
 
 
 def final_summary(info, splits, lr, wd, lr_source, accuracies, tuned, total, work_dir):

@@ -604,3 +604,25 @@ def test_adapter_baselines_get_their_rows(tmp_path):
     _, table = table_rows(report_of(str(tmp_path))[0], 'FGVC')
     assert list(table) == ['LoRA', 'BitFit']  # METHOD_FOLDERS' order
     assert table['LoRA']['Mean'] == '82.0' and table['BitFit']['Mean'] == '77.0'
+
+
+def test_chosen_values_are_shown_beside_the_accuracy(tmp_path):
+    """Under each table, the values each result trained with (what the protocol chose)."""
+    root = str(tmp_path)
+    write_summary(root, 'vpt', 'vtab', 'dtd', 60., 0.1, record=dict(
+        method_name='VPT-deep', prompt_type='mmvpt.VPT', num_tokens=50,
+        chosen=dict(num_tokens=50, lr=0.625, wd=0.0001)))
+    write_summary(root, 'e2vpt', 'vtab', 'cifar', 70., 0.1, record=dict(
+        method_name='E2VPT', prompt_type='mmvpt.E2VPT', num_tokens=5,
+        chosen=dict(lr=1.25, wd=0., masked_tokens=2, masked_pieces=8)))
+    write_summary(root, 'cvpt', 'fgvc', 'cub', 90., 0.1)  # written before choices were recorded
+    markdown, _ = report_of(root)
+    assert '### FGVC: the values chosen' not in markdown  # no FGVC result records any
+    section = markdown.split('### VTAB-1k: the values chosen\n', 1)[1]
+    lines = [line for line in section.split('\n') if line.startswith('|')]
+    headers = [cell.strip() for cell in lines[0].strip('|').split('|')]
+    rows = {cells[0]: dict(zip(headers[1:], cells[1:])) for cells in (
+        [cell.strip() for cell in line.strip('|').split('|')] for line in lines[2:])}
+    assert rows['VPT-deep']['DTD'] == 'P 50, lr 0.625, wd 0.0001'
+    assert rows['VPT-deep']['CIFAR-100'] == '-'
+    assert rows['E2VPT']['CIFAR-100'] == 'lr 1.25, wd 0, masked tokens 2, masked pieces 8'

@@ -23,8 +23,10 @@ from tests.helpers.prompt_dropout import spy_folded_cross_attention
 # slow: seconds of tracing per model and mode, minutes in all (and train.py --compile)
 pytestmark = pytest.mark.tools
 
-# every method and path of the mixed-precision tests, E2VPT pruned in both modes, full fine-tuning
-METHODS = {**TINY_METHODS, 'e2vpt_removed': TINY_METHODS['e2vpt'], 'full': None}
+# every method and path of the mixed-precision tests, E2VPT pruned in both modes (and, pruned by
+# removal, with the learnable gates of the runs before the official pruning), full fine-tuning
+METHODS = {**TINY_METHODS, 'e2vpt_removed': TINY_METHODS['e2vpt'], 'full': None,
+           'e2vpt_gates': {**TINY_METHODS['e2vpt'], 'learn_masks': True}}
 
 
 def prune(method):

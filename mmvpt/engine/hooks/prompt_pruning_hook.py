@@ -4,7 +4,7 @@ import math
 import os.path as osp
 
 import torch
-from mmengine.dist import all_reduce, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
@@ -12,6 +12,7 @@ from mmvpt.models.prompts.base import check_choices
 from mmvpt.registry import HOOKS
 from mmvpt.utils.atomic_io import atomic_write
 from mmvpt.utils.param_report import format_parameter_report, parameter_report
+from ..e2vpt_pruning import mean_gradients
 from .tuned_checkpoint_hook import prompt_methods, unwrap
 
 SCORES = ('abs', 'signed')
@@ -166,32 +167,8 @@ class PromptPruningHook(Hook):
 
     def _scores(self, runner, masks):
         """E_x of dL/d(mask) (abs or signed) over the training data, mean over ranks."""
-        model = unwrap(runner.model)
-        was_training = model.training
-        model.eval()
-        sums = [torch.zeros_like(mask) for mask in masks]
-        batches = 0
-        for mask in masks:
-            mask.requires_grad_(True)
-        try:
-            for i, data in enumerate(runner.train_dataloader):
-                if self.max_batches is not None and i >= self.max_batches:
-                    break
-                data = model.data_preprocessor(data, True)
-                loss, _ = model.parse_losses(model(**data, mode='loss'))
-                grads = torch.autograd.grad(loss, masks)
-                for total, grad in zip(sums, grads):
-                    total += grad.abs() if self.score == 'abs' else grad
-                batches += 1
-        finally:
-            for mask in masks:
-                mask.requires_grad_(False)
-            model.train(was_training)
-        scores = []
-        for total in sums:
-            total /= max(batches, 1)
-            all_reduce(total, op='mean')
-            scores.append(total.detach())
+        scores, _ = mean_gradients(runner.model, runner.train_dataloader, masks, self.max_batches,
+                                   absolute=self.score == 'abs')
         return scores
 
     def _rewind(self, runner, methods):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from mmvpt.registry import MODELS
 from ..prompts.base import check_choices, check_positive
+from ..utils.protocols import adamw_grid, fixed_recipe
 from .base import AdapterMethod, kaiming_rows
 
 PLACEMENTS = ('attn', 'mlp')
@@ -24,6 +25,11 @@ class Adapter(AdapterMethod):
         activation: ``'relu'`` or ``'gelu'``.
     """
     display_name = 'Adapter'
+    #: tools/protocol.py: NOAH's one VTAB-1k recipe for every task; no source gives an FGVC one
+    protocol = dict(
+        vtab=fixed_recipe("NOAH's VTAB-1k Adapter recipe",
+                          'ZhangYuanhan-AI/NOAH configs/Adapter/VTAB/slurm_train_adapter_vtab.sh'),
+        fgvc=adamw_grid('our AdamW grid', 'no source gives a Adapter FGVC recipe'))
 
     def __init__(self, bottleneck=64, placement=PLACEMENTS, activation='relu', **backbone):
         super().__init__(**backbone)

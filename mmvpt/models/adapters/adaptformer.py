@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvpt.registry import MODELS
+from ..utils.protocols import adamw_grid
 from ..prompts.base import check_positive
 from .base import AdapterMethod, kaiming_rows
 
@@ -19,6 +20,8 @@ class AdaptFormer(AdapterMethod):
         dropout: dropout after the ReLU (0.1, the authors' code).
     """
     display_name = 'AdaptFormer'
+    #: tools/protocol.py: no source gives a VTAB-1k or FGVC recipe
+    protocol = adamw_grid('our AdamW grid', 'no source gives a AdaptFormer recipe for VTAB-1k or FGVC')
 
     def __init__(self, bottleneck=64, scale=0.1, dropout=0.1, **backbone):
         super().__init__(**backbone)

@@ -6,6 +6,7 @@ conv or norm, W x + b + d is the operation with bias b + d, so the frozen weight
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
+from ..utils.protocols import adamw_grid
 from .base import ChannelAffine
 
 
@@ -23,6 +24,8 @@ class BitFit(ChannelAffine):
             and so them too: set True to reproduce it.
     """
     display_name = 'BitFit'
+    #: tools/protocol.py: no source gives a VTAB-1k or FGVC recipe
+    protocol = adamw_grid('our AdamW grid', 'no source gives a BitFit recipe for VTAB-1k or FGVC')
     shift_prefix = 'bias'
     shift_init = staticmethod(nn.init.zeros_)
 

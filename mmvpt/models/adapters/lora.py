@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from mmvpt.registry import MODELS
 from ..prompts.base import check_positive
+from ..utils.protocols import adamw_grid, fixed_recipe
 from .base import QKV_ROWS, AdapterMethod, kaiming_rows, op_module
 
 LORA_TARGETS = QKV_ROWS + ('qkv', 'proj', 'fc1', 'fc2')
@@ -28,6 +29,11 @@ class LoRA(AdapterMethod):
         dropout: dropout on the update's input (peft's ``lora_dropout``).
     """
     display_name = 'LoRA'
+    #: tools/protocol.py: NOAH's one VTAB-1k recipe for every task; no source gives an FGVC one
+    protocol = dict(
+        vtab=fixed_recipe("NOAH's VTAB-1k LoRA recipe",
+                          'ZhangYuanhan-AI/NOAH configs/LoRA/VTAB/slurm_train_lora_vtab.sh'),
+        fgvc=adamw_grid('our AdamW grid', 'no source gives a LoRA FGVC recipe'))
     adapts_ops = True
 
     def __init__(self, rank=8, alpha=None, targets=('q', 'v'), dropout=0., **backbone):

@@ -5,6 +5,7 @@ patch projection before the embedding's norm and each patch merging's norm."""
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
+from ..utils.protocols import fixed_recipe
 from .base import BLOCK_OPS, OUTER_OPS, ChannelAffine
 
 SSF_OPS = OUTER_OPS + BLOCK_OPS
@@ -27,6 +28,10 @@ class SSF(ChannelAffine):
             them that the backbone has; ``'patch_proj'`` and ``'merge_norm'`` are Swin's).
     """
     display_name = 'SSF'
+    #: tools/protocol.py: the authors' per-task train scripts fix lr, wd and drop-path (the
+    #: generated configs carry them)
+    protocol = fixed_recipe("SSF's per-task recipe", 'dongzelian/SSF train_scripts/vit/'
+                            '{vtab,fgvc}/<task>/train_ssf.sh')
     scale_init = staticmethod(ssf_scale)
     shift_init = staticmethod(ssf_shift)
 

@@ -7,6 +7,7 @@ from timm.layers import Attention
 
 from mmvpt.registry import MODELS
 from ..utils.attention import cross_attention, cross_attention_prompts
+from ..utils.protocols import fixed_recipe
 from .base import (PromptMethod, check_choices, check_dropout, check_positive, vpt_uniform)
 
 INSERT_POSITIONS = (1, 2, 3, 4, 5)
@@ -42,6 +43,10 @@ class CVPT(PromptMethod):
             the pretrained weights load (``bind_backbone``).
     """
     display_name = 'CVPT'
+    #: tools/protocol.py: the paper fixes prompts and lr per task (FGVC: also wd and batch),
+    #: which the configs carry; 5 seeds of them
+    protocol = fixed_recipe("CVPT's per-task recipe",
+                            'CVPT (ICCV 2025) §4.1 and its appendix tables; PROTOCOLS.md')
     per_layer = ('prompts', )
 
     def __init__(self, num_tokens=10, insert=3, dropout=0.1, dropout_mode='sample',

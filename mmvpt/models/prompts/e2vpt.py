@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
+from ..utils.protocols import vpt_protocol
 from .base import (ForwardContext, PromptMethod, check_choices, check_dropout, check_positive,
                    vpt_init_bound)
 
@@ -26,6 +27,9 @@ class E2VPTContext(ForwardContext):
     #: layers whose kept tokens some stacked tasks pruned and others did not (hidden from
     #: those tasks' samples by a key mask)
     masked_layers = frozenset()
+    #: ``learn_masks``: the learnable gates (T, P) and (T, P, R), shared by the prunable layers
+    token_gate = None
+    segment_gate = None
 
 
 @MODELS.register_module()
@@ -49,6 +53,12 @@ class E2VPT(PromptMethod):
             segment r holds dims r, r + R, r + 2R, ...).
         prune_mode: ``'remove'`` (pruned tokens leave the sequence, so FLOPs fall) or
             ``'mask'`` (official: pruned tokens are zeroed but still attend).
+        learn_masks: the official code's runs before pruning: two learnable gates, one per
+            visual prompt, ``token_gate`` (P,), and one per segment, ``segment_gate``
+            (P, R), both starting at ones and trained with the prompts, multiply the visual
+            prompts of every prunable layer (the same two tensors in each), on top of the
+            masks. Their gradients are the official importance scores
+            (:func:`mmvpt.engine.e2vpt_pruning.importance_scores`).
 
     What the forward needs to know of the masks (kept indices, whether anything is pruned)
     is read from them outside the forward, so the forward never reads a tensor's value
@@ -58,11 +68,22 @@ class E2VPT(PromptMethod):
     """
     context_class = E2VPTContext
     display_name = 'E2VPT'
+    #: tools/protocol.py: pruning with rewinding as the authors' code runs it (E²VPT §4.1):
+    #: VPT's grid with the masks learned, a training before pruning, importance scores, a
+    #: rewind run per candidate mask, 5 seeds; every training 100 epochs, without the one-run
+    #: PromptPruningHook (mmvpt.protocols.stages says what each stage does)
+    protocol = dict(
+        vpt_protocol("E2VPT's pruning and rewinding", source=(
+            'E2VPT (Han et al. 2023) §3.3, §4.1; ChengHan111/E2VPT '
+            'tune_vtab_PruningRewind_CVK.py, tune_fgvc_PruningRewind.py, src/engine/trainer.py'),
+            search_options={'model.backbone.prompt.learn_masks': True},
+            before_final=[dict(type='prune')]),
+        options={'train_cfg.max_epochs': 100}, drop_hooks=('mmvpt.PromptPruningHook', ))
     per_layer = ('prompts', 'kv_prompts', 'v_prompts')
 
     def __init__(self, num_tokens=10, num_kv_tokens=5, share_kv=True, kv_location='before',
                  dropout=0.1, dropout_mode='sample', num_segments=8,
-                 segment_layout='contiguous', prune_mode='remove', **backbone):
+                 segment_layout='contiguous', prune_mode='remove', learn_masks=False, **backbone):
         super().__init__(**backbone)
         check_positive('num_tokens', num_tokens, allow_zero=True)
         check_positive('num_kv_tokens', num_kv_tokens, allow_zero=True)
@@ -84,6 +105,7 @@ class E2VPT(PromptMethod):
         self.num_segments = num_segments
         self.segment_layout = segment_layout
         self.prune_mode = prune_mode
+        self.learn_masks = learn_masks
 
         L = self.num_layers
         # Pruning reaches the first stage only (all of a ViT; Swin's deeper windows lost
@@ -93,6 +115,12 @@ class E2VPT(PromptMethod):
             if num_tokens else None
         self.register_buffer('token_mask', torch.ones(L, num_tokens))
         self.register_buffer('segment_mask', torch.ones(L, num_tokens, num_segments))
+        # Not per layer: the official code multiplies every layer's prompts by the same two
+        # tensors, so their gradients sum over the layers.
+        self.token_gate = self.segment_gate = None
+        if learn_masks and num_tokens:
+            self.token_gate = nn.Parameter(torch.ones(num_tokens))
+            self.segment_gate = nn.Parameter(torch.ones(num_tokens, num_segments))
         self.kv_prompts = self.v_prompts = None
         if num_kv_tokens:
             def kv_shape(dim, heads):
@@ -105,8 +133,12 @@ class E2VPT(PromptMethod):
 
     def reset_parameters(self):
         """Fresh random prompts (VPT's uniform for visual, He uniform with
-        fan_in = L_kv * d for key-value prompts); masks are left as they are."""
+        fan_in = L_kv * d for key-value prompts) and the gates (``learn_masks``) at ones,
+        their start; masks are left as they are."""
         with torch.no_grad():
+            for gate in (self.token_gate, self.segment_gate):
+                if gate is not None:
+                    gate.fill_(1.)
             if self.prompts is not None:
                 for prompts in self.stage_tensors(self.prompts):
                     bound = vpt_init_bound(self.patch_size, prompts.shape[-1])
@@ -193,6 +225,9 @@ class E2VPT(PromptMethod):
             ctx.layers['token_mask'] = self.layers(self.token_mask)
         if ctx.mask_segments:
             ctx.layers['segment_mask'] = self.layers(self.segment_mask)
+        if self.token_gate is not None:
+            ctx.token_gate = self.with_task_axis(self.token_gate)
+            ctx.segment_gate = self.with_task_axis(self.segment_gate)
         return ctx
 
     # -- extension points ---------------------------------------------------------------
@@ -209,6 +244,14 @@ class E2VPT(PromptMethod):
             if ctx.kept is not None:
                 segments = segments[:, ctx.kept[layer]]
             prompts = prompts * self.expand_segments(segments, layer)
+        if ctx.token_gate is not None and layer < self.prunable_layers.stop:  # they start at 0
+            # as the official code: the segment gate over the dims, then the token gate
+            token_gate, segment_gate = ctx.token_gate, ctx.segment_gate
+            if ctx.kept is not None:
+                token_gate = token_gate[:, ctx.kept[layer]]
+                segment_gate = segment_gate[:, ctx.kept[layer]]
+            prompts = prompts * self.expand_segments(segment_gate, layer)
+            prompts = prompts * token_gate.unsqueeze(-1)
         return self.drop(ctx, prompts)
 
     def prompt_mask(self, ctx, layer):
@@ -227,4 +270,4 @@ class E2VPT(PromptMethod):
     def extra_repr(self):
         return (f'num_tokens={self.num_tokens}, num_kv_tokens={self.num_kv_tokens}, '
                 f'share_kv={self.share_kv}, kv_location={self.kv_location!r}, '
-                f'prune_mode={self.prune_mode!r}')
+                f'prune_mode={self.prune_mode!r}, learn_masks={self.learn_masks}')

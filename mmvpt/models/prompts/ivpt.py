@@ -9,6 +9,7 @@ from mmengine.logging import print_log
 
 from mmvpt.registry import MODELS
 from ..utils.attention import report_probe
+from ..utils.protocols import VPT_SOURCE, vpt_protocol
 from .base import (PromptMethod, check_choices, check_dropout, check_positive, uniform_prompts,
                    vpt_init_bound, vpt_uniform)
 
@@ -43,6 +44,10 @@ class IVPT(PromptMethod):
         dropout_mode: ``'sample'`` or ``'batch'``.
     """
     display_name = 'iVPT'
+    #: tools/protocol.py: iVPT trains "by following (Jia et al., 2022)" and publishes N and k
+    #: per task but no lr or wd: VPT's grid for those, N and k from the configs
+    protocol = vpt_protocol("VPT's (iVPT follows VPT)", source=(
+        'iVPT §4.1 (Implementation Details) and appendix C, Tables 15-16; ' + VPT_SOURCE))
     per_layer = ('ar_prompts', )
 
     def __init__(self, num_tokens=10, num_ar_tokens=10, dynamic_aggregation=True,

@@ -2,8 +2,13 @@
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
+from ..utils.protocols import vpt_protocol
 from .base import (PromptMethod, check_dropout, check_positive, uniform_prompts, vpt_init_bound,
                    vpt_uniform)
+
+# The prompt lengths VPT searched for ViT, chosen per task on the val split (VPT §4.1): in the
+# official code an outer loop by hand, one lr x wd grid per length (tune_vtab.py has no P axis).
+VPT_PROMPT_LENGTHS = (1, 5, 10, 50, 100, 200)
 
 
 @MODELS.register_module()
@@ -25,6 +30,8 @@ class VPT(PromptMethod):
             (VPT's optional projection; off by default).
     """
     per_layer = ('prompts', )
+    #: tools/protocol.py: VPT's lr x wd grid for each prompt length, the best of all on val
+    protocol = vpt_protocol("VPT's", num_tokens=VPT_PROMPT_LENGTHS)
 
     @staticmethod
     def name_for(deep=True, **_):
