@@ -133,7 +133,7 @@ def check_work_dir(work_dir, info, protocol, write):
 
 # ------------------------------------------------------------------------------- running
 
-def run_protocol(config, overrides=None, launch=None, stage='all', work_dir=None, quiet=False):
+def run_protocol(config, overrides=None, launch=None, stage='all', work_dir=None):
     """Plans (``launch.print_only``) or runs a config's protocol; returns its final summary
     (None while not every stage has finished) and the plan's counts."""
     launch = launch or Launch()

@@ -101,8 +101,11 @@ def test_test_tool_merges_before_testing(tmp_path, demo_backbone, tiny_vtab):
     scores_of = {}
     for run, extra in (('tuned', []), ('merged', ['--merge'])):
         out = tmp_path / f'{run}.pkl'
+        # a name of each run's own: MMEngine names its logger by config and second, and two
+        # runs of one process within a second would share it (and its log file)
         test_main([config, checkpoint, '--work-dir', str(tmp_path / run), '--out', str(out),
-                   '--cfg-options', *data_options(tiny_vtab)] + extra)
+                   '--cfg-options', *data_options(tiny_vtab), f'experiment_name=lora_{run}']
+                  + extra)
         with open(out, 'rb') as f:
             scores_of[run] = torch.stack([sample['pred_score'] for sample in pickle.load(f)])
     torch.testing.assert_close(scores_of['merged'], scores_of['tuned'], rtol=0, atol=1e-5)

@@ -189,3 +189,17 @@ def test_a_work_dir_holds_one_configs_results(capsys, tmp_path):
                      Launch(cfg_options=('model.backbone.prompt.dropout=0.2', )), 'all',
                      str(work_dir))
     assert {p: os.stat(p).st_mtime_ns for p in work_dir.rglob('*')} == before
+
+
+def test_scoring_runs_through_every_launcher(capsys, tmp_path):
+    """E2VPT's scoring pass goes through torchrun / srun like the trainings."""
+    for launch, expected in ((dict(launcher='dist', gpus=2), r'bash \S+/torchrun\.sh 2 '
+                              r'analysis/prompt_importance\.py \S+/importance\.py "\$\(cat '),
+                             (dict(launcher='slurm', gpus=2, partition='gpu'),
+                              r'GPUS=2 GPUS_PER_NODE=2 bash \S+/srun\.sh gpu e2vpt-cub '
+                              r'analysis/prompt_importance\.py ')):
+        out, _ = plan(capsys, 'e2vpt/vit-b16_fgvc-cub.py', tmp_path, **launch)
+        score = next(line for line in commands(out) if 'prompt_importance' in line)
+        assert re.search(expected, score), score
+        assert f'--out {tmp_path}/work/importance/scores.json' in score
+        assert f'--work-dir {tmp_path}/work/importance ' in score
