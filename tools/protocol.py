@@ -102,8 +102,8 @@ def main(argv=None):
         for i in range(3):
             totals[i] += sum(count[i] for count in counts.values())
     if args.print_only and len(configs) > 1:
-        print(f'# all {len(configs)} configs: {totals[0]} trainings, {totals[1]} scoring passes, '
-              f'{totals[2]} tests')
+        print(f'# all {len(configs)} configs: {totals[0]:,} trainings, {totals[1]:,} scoring '
+              f'passes, {totals[2]:,} tests')
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ from mmvpt.utils.protocol_results import (ProtocolError, final_summary, paramete
                                           read_json, write_json)
 from .commands import (Launch, Unquoted, array_script, command, execute, format_command,
                        sbatch_command)
-from .declaration import (BENCHMARKS, axis_key, axis_label, describe_config, parse_cfg_options,
+from .declaration import (BENCHMARKS, axis_key, describe_config, parse_cfg_options,
                           resolve_protocol, value_name)
 
 __all__ = ['Launch', 'run_protocol', 'plan_configs']
@@ -144,18 +144,19 @@ def run_protocol(config, overrides=None, launch=None, stage='all', work_dir=None
         raise ProtocolError(f'--stage {stage}: {protocol.name} protocol has the stages '
                             f'{", ".join(names)}')
     work_dir = work_dir or default_work_dir(info)
-    check_work_dir(work_dir, info, protocol, write=not launch.print_only)
+    check_work_dir(work_dir, info, protocol, write=False)
     ctx = Context(info, protocol, launch, work_dir)
     last = len(names) - 1 if stage == 'all' else names.index(stage)
     first = 0 if stage == 'all' else last
     counts = plan_counts(ctx, protocol.stages[first:last + 1])
     if launch.print_only:
         print_header(ctx, counts)
-    for index, current in enumerate(protocol.stages[:last + 1]):
-        if index < first:
-            needed(ctx, current, stage)
-        else:
-            run_stage(ctx, current)
+    for current in protocol.stages[:first]:
+        needed(ctx, current, stage)
+    if not launch.print_only:  # the work dir is this config's from now on
+        check_work_dir(work_dir, info, protocol, write=True)
+    for current in protocol.stages[first:last + 1]:
+        run_stage(ctx, current)
     summary = None
     if last == len(names) - 1 and not launch.print_only:
         summary = write_final_summary(ctx)
@@ -282,8 +283,8 @@ def plan_total(ctx, counts):
     extra = ''.join(f', {n} {what}{"es" if what.endswith("pass") and n != 1 else ""}'
                     f'{"s" if what == "test" and n != 1 else ""}'
                     for n, what in ((passes, 'scoring pass'), (tests, 'test')) if n)
-    return (f'{info["method_name"]}, {BENCHMARKS[info["benchmark"]]["title"]} {info["task"]}: '
-            f'{parts} trainings{epochs}{extra}')
+    return (f'{info["method_name"]}, {BENCHMARKS[info["benchmark"]]["title"]} {info["task"]} '
+            f'({osp.basename(info["config"])}): {parts} trainings{epochs}{extra}')
 
 
 def plan_configs(paths):

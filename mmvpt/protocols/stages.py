@@ -180,7 +180,7 @@ class SearchStage(Stage):
                 wds=list(self.space['wd']) if 'wd' in self.space else None,
                 runs=runs, best=dict(best['values'], score=best['score']))
             write_json(self.folder(ctx, 'summary.json'), summary)
-            print(f'[protocol] grid done: best '
+            print('[protocol] grid done: best '
                   + ', '.join(f'{axis_label(a)} {value_name(v)}' for a, v in best['values'].items())
                   + f' ({METRIC} {best["score"]:.2f}); {self.folder(ctx, "summary.json")}')
         return dict(best['values'])

@@ -18,6 +18,7 @@ from mmvpt.protocols.stages import SearchStage
 from mmvpt.utils.protocol_results import best_validation, last_validation
 
 from tests.conftest import DEMO_CONFIG, ROOT, run_tool, tool_env
+from tests.helpers.protocol_runs import dumped_config, last_recorded_val, only, read_json
 
 TINY_CONFIG = """
 _base_ = [{base!r}]
@@ -69,29 +70,6 @@ def protocol_run(tiny_config, tmp_path_factory):
     work_dir = str(tmp_path_factory.mktemp('protocol_run'))
     proc = run_tool('protocol.py', tiny_config, '--work-dir', work_dir, *GRID_AND_SEEDS)
     return work_dir, proc
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def only(paths):
-    assert len(paths) == 1, paths
-    return paths[0]
-
-
-def dumped_config(run_dir):
-    """The config MMEngine saved for a run: what the run really trained with."""
-    return Config.fromfile(only(glob.glob(osp.join(run_dir, 'tiny_vtab-*.py'))),
-                           import_custom_modules=False)
-
-
-def last_recorded_val(run_dir):
-    scalars = only(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json')))
-    with open(scalars) as f:
-        lines = [json.loads(line) for line in f]
-    return [line['accuracy/top1'] for line in lines if 'accuracy/top1' in line][-1]
 
 
 @pytest.mark.tools

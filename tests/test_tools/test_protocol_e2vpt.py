@@ -5,7 +5,6 @@ per candidate mask, the final seed. It is killed in the middle of the rewind sta
 started again: finished runs are not redone, and the final masks are the official selection
 of the scores."""
 import glob
-import json
 import os
 import os.path as osp
 import signal
@@ -15,9 +14,9 @@ import time
 
 import pytest
 import torch
-from mmengine.config import Config
 
 from tests.conftest import ROOT, run_tool, tool_env
+from tests.helpers.protocol_runs import dumped_config, last_recorded_val, only, read_json
 
 TINY_E2VPT = """
 _base_ = [{base!r}]
@@ -46,32 +45,8 @@ ARGS = ['--lrs', '0.05', '0.01', '--wds', '0', '--seeds', '42', '--token-fractio
 CANDIDATES = ('T2_S2', 'T2_S4')
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def only(paths):
-    assert len(paths) == 1, paths
-    return paths[0]
-
-
-def dumped(run_dir, name='tiny_vtab-cifar.py'):
-    """The config MMEngine saved for a run (what it really trained with)."""
-    path = osp.join(run_dir, name)
-    if not osp.isfile(path):  # a stage config: saved under its own name
-        path = only([p for p in glob.glob(osp.join(run_dir, '*.py'))])
-    return Config.fromfile(path, import_custom_modules=False)
-
-
 def launches(run_dir):
     return sorted(d for d in os.listdir(run_dir) if d[:8].isdigit())
-
-
-def last_val(run_dir):
-    scalars = only(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json')))
-    with open(scalars) as f:
-        return [line['accuracy/top1'] for line in map(json.loads, f) if 'accuracy/top1' in line][-1]
 
 
 @pytest.fixture(scope='module')
@@ -112,18 +87,19 @@ def e2vpt_run(tmp_path_factory):
 def test_stages_before_rewinding(e2vpt_run):
     work_dir = e2vpt_run[0]
     grid = read_json(osp.join(work_dir, 'grid', 'summary.json'))
-    scores = {lr: last_val(osp.join(work_dir, 'grid', f'lr{lr}_wd0')) for lr in ('0.05', '0.01')}
+    scores = {lr: last_recorded_val(osp.join(work_dir, 'grid', f'lr{lr}_wd0'))
+              for lr in ('0.05', '0.01')}
     best_lr = 0.05 if scores['0.05'] > scores['0.01'] else 0.01  # ties to the smaller lr
     assert grid['best'] == dict(lr=best_lr, wd=0., score=scores[str(best_lr)])
     for lr in ('0.05', '0.01'):
-        cfg = dumped(osp.join(work_dir, 'grid', f'lr{lr}_wd0'))
+        cfg = dumped_config(osp.join(work_dir, 'grid', f'lr{lr}_wd0'))
         # the official model learns its masks before pruning; the one-run hook is gone
         assert cfg.model.backbone.prompt.learn_masks is True
         assert 'mmvpt.PromptPruningHook' not in [h['type'] for h in cfg.custom_hooks]
         assert cfg.train_cfg.max_epochs == 1 and cfg.train_dataloader.dataset.split == 'train800'
     trained = read_json(osp.join(work_dir, 'before_pruning', 'trained.json'))
     assert (trained['lr'], trained['wd']) == (best_lr, 0.)
-    cfg = dumped(osp.join(work_dir, 'before_pruning'))
+    cfg = dumped_config(osp.join(work_dir, 'before_pruning'))
     assert cfg.model.backbone.prompt.learn_masks is True
     assert cfg.optim_wrapper.optimizer.lr == best_lr
     assert (cfg.train_dataloader.dataset.split, cfg.val_dataloader.dataset.split) == (
@@ -148,14 +124,15 @@ def test_rewind_resumes_and_picks_the_best_candidate(e2vpt_run):
     assert out.count('[protocol] skip grid run') == 2
     assert 'skip training before pruning' in out and 'skip importance scores' in out
     summary = read_json(osp.join(work_dir, 'rewind', 'summary.json'))
-    runs = [dict(tokens=2, pieces=int(name[-1]), score=last_val(osp.join(work_dir, 'rewind', name)))
+    runs = [dict(tokens=2, pieces=int(name[-1]),
+                 score=last_recorded_val(osp.join(work_dir, 'rewind', name)))
             for name in CANDIDATES]
     best = best_candidate(runs)
     assert summary['best'] == dict(tokens=2, pieces=best['pieces'], score=best['score'])
     if runs[0]['score'] == runs[1]['score']:
         assert best['pieces'] == 4  # ties: more tokens masked, then (ours) more pieces
     for name in CANDIDATES:
-        cfg = dumped(osp.join(work_dir, 'rewind', name), 'rewind.py')
+        cfg = dumped_config(osp.join(work_dir, 'rewind', name))
         hook = cfg.custom_hooks[-1]
         assert (hook.type, hook.tokens, hook.pieces) == ('mmvpt.PromptMaskHook', 2,
                                                          int(name[-1]))

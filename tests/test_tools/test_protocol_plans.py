@@ -38,21 +38,23 @@ def commands(out):
 OFFICIAL_COUNTS = [
     # E2VPT: tune_vtab_PruningRewind_CVK.py / tune_fgvc_PruningRewind.py: 40 (FGVC 36) grid
     # runs, 1 before pruning, a rewind run per (token count, piece count), 5 seeds
-    ('e2vpt/vit-b16_vtab-cifar.py', 'E2VPT, VTAB-1k cifar: 40 + 1 + 40 + 5 = 86 trainings '
-     '(8,600 epochs), 1 scoring pass, 5 tests'),
+    ('e2vpt/vit-b16_vtab-cifar.py', 'E2VPT, VTAB-1k cifar (vit-b16_vtab-cifar.py): 40 + 1 + 40 '
+     '+ 5 = 86 trainings (8,600 epochs), 1 scoring pass, 5 tests'),
     ('e2vpt/vit-b16_vtab-dtd.py', '40 + 1 + 72 + 5 = 118 trainings'),
     ('e2vpt/vit-b16_vtab-caltech101.py', '40 + 1 + 72 + 5 = 118 trainings'),
     ('e2vpt/vit-b16_vtab-oxford_flowers102.py', '40 + 1 + 8 + 5 = 54 trainings'),
     ('e2vpt/vit-b16_fgvc-cub.py', '36 + 1 + 40 + 5 = 82 trainings'),
     # VPT: a 40 (FGVC 36) grid per prompt length of {1, 5, 10, 50, 100, 200}, 5 seeds
-    ('vpt/vit-b16_vtab-dtd.py', 'VPT-deep, VTAB-1k dtd: 240 + 5 = 245 trainings (24,500 epochs)'),
+    ('vpt/vit-b16_vtab-dtd.py', 'VPT-deep, VTAB-1k dtd (vit-b16_vtab-dtd.py): 240 + 5 = 245 '
+     'trainings (24,500 epochs)'),
     ('vpt/vit-b16_fgvc-cub.py', '216 + 5 = 221 trainings'),
     ('linear/vit-b16_vtab-dtd.py', '40 + 5 = 45 trainings'),
     ('linear/vit-b16_fgvc-cub.py', '40 + 5 = 45 trainings'),
     ('full/vit-b16_vtab-dtd.py', '16 + 5 = 21 trainings'),
     ('ivpt/vit-b16_vtab-dtd.py', '40 + 5 = 45 trainings'),
     # fixed recipes: the seeds only
-    ('cvpt/vit-b16_vtab-dtd.py', 'CVPT, VTAB-1k dtd: 5 trainings (500 epochs), 5 tests'),
+    ('cvpt/vit-b16_vtab-dtd.py', 'CVPT, VTAB-1k dtd (vit-b16_vtab-dtd.py): 5 trainings (500 '
+     'epochs), 5 tests'),
     ('cvpt/vit-b16_fgvc-cars.py', ': 5 trainings'),
     ('ssf/vit-b16_vtab-dtd.py', ': 5 trainings'),
     ('lora/vit-b16_vtab-dtd.py', ': 5 trainings'),

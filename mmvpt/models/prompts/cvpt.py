@@ -46,7 +46,7 @@ class CVPT(PromptMethod):
     #: tools/protocol.py: the paper fixes prompts and lr per task (FGVC: also wd and batch),
     #: which the configs carry; 5 seeds of them
     protocol = fixed_recipe("CVPT's per-task recipe",
-                            'CVPT (ICCV 2025) §4.1 and its appendix tables; PROTOCOLS.md')
+                            'CVPT (ICCV 2025) §4.1 and its per-task tables')
     per_layer = ('prompts', )
 
     def __init__(self, num_tokens=10, insert=3, dropout=0.1, dropout_mode='sample',
