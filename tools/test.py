@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.utils import (add_test_output, apply_tta, finish_distributed,  # noqa: E402
-                         init_distributed, prepare_config, run_cli)
+from mmvpt.utils import (add_frozen_init_hook, add_test_output, apply_tta,  # noqa: E402
+                         finish_distributed, init_distributed, prepare_config, run_cli)
 
 
 def parse_args(argv=None):
@@ -48,6 +48,7 @@ def main(argv=None):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = prepare_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
+    add_frozen_init_hook(cfg)
     if args.tta:
         apply_tta(cfg)
     if args.out:

@@ -208,7 +208,7 @@ class Probe:
 @contextmanager
 def probing(backbone):
     probe = Probe(backbone)
-    with probe_attention(probe):
+    with probe_attention(backbone, probe):
         yield probe
 
 

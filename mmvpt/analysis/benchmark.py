@@ -7,8 +7,8 @@ cost of serving several tasks on one backbone (:func:`measure_serving`).
 The model of a row is the backbone and a 100-class linear head (:class:`Classifier`). Rows
 (:data:`METHODS`): ``none``, the P=0 reference (the frozen backbone without prompts whose
 train step still back-propagates through every block), ``linear`` (linear probing),
-``full`` (full fine-tuning), the prompt methods of :data:`VARIANTS` at each P > 0 and the
-adapter-style baselines of :data:`ADAPTER_ROWS` (one row each).
+``full`` (full fine-tuning), the prompt methods' rows (:data:`VARIANTS`) at each P > 0 and
+the other methods' rows (:data:`ADAPTER_ROWS`, one each), as the methods declare them.
 """
 import collections
 import copy
@@ -25,33 +25,17 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from mmvpt.models import PromptedSwin, PromptedViT
+from mmvpt.models.methods import benchmark_rows, registered_type, takes_prompt_count
 from mmvpt.models.prompts import display_name
 from mmvpt.utils import parameter_report
 from mmvpt.utils.tuned_checkpoint import load_tuned_checkpoint
 
-# A prompt method row: (what its name adds to the method's display name, its prompt config
-# at P prompts).
-VARIANTS = {
-    'vpt': ('', lambda p: dict(type='mmvpt.VPT', num_tokens=p)),
-    'vpt_batch': (', batch dropout', lambda p: dict(type='mmvpt.VPT', num_tokens=p,
-                                                    dropout_mode='batch')),
-    'e2vpt': (' (KV 10)', lambda p: dict(type='mmvpt.E2VPT', num_tokens=p, num_kv_tokens=10)),
-    'cvpt': (', batch dropout', lambda p: dict(type='mmvpt.CVPT', num_tokens=p, dropout_mode='batch')),
-    'cvpt_sample': (', sample dropout', lambda p: dict(type='mmvpt.CVPT', num_tokens=p,
-                                                       dropout_mode='sample')),
-    'ivpt': (' (k=10)', lambda p: dict(type='mmvpt.IVPT', num_tokens=p, num_ar_tokens=10)),
-}
-# AR reinforces the image tokens the CLS token attends to most; Swin has no CLS token.
-SWIN_VARIANTS = dict(VARIANTS, ivpt=(' (no AR)', lambda p: dict(type='mmvpt.IVPT', num_tokens=p,
-                                                                num_ar_tokens=0)))
-# The adapter-style baselines, one row each (no prompt count): (what the name adds, config).
-ADAPTER_ROWS = {
-    'lora': (' (r=8, q v)', dict(type='mmvpt.LoRA', rank=8, targets=('q', 'v'))),
-    'adaptformer': (' (64)', dict(type='mmvpt.AdaptFormer', bottleneck=64)),
-    'adapter': (' (8, attn + mlp)', dict(type='mmvpt.Adapter', bottleneck=8)),
-    'ssf': ('', dict(type='mmvpt.SSF')),
-    'bitfit': ('', dict(type='mmvpt.BitFit')),
-}
+# The methods' rows, as each method declares them (``benchmark_rows``): {row: (method class,
+# what its label adds, options)}. Methods with a prompt count P are measured at each P > 0
+# (VARIANTS), the others once (ADAPTER_ROWS).
+ROWS = benchmark_rows()
+VARIANTS = [row for row, (cls, _, _) in ROWS.items() if takes_prompt_count(cls)]
+ADAPTER_ROWS = [row for row in ROWS if row not in VARIANTS]
 REFERENCE = 'none'  # the frozen backbone without prompts: the P=0 row every "x P=0" refers to
 LINEAR = 'linear'  # linear probing: no backward through the backbone
 FULL = 'full'  # full fine-tuning: every weight trains; the row every "x full" refers to
@@ -198,28 +182,31 @@ def backbone_class(arch):
     return PromptedSwin if arch.startswith('swin_') else PromptedViT
 
 
-def variants_of(arch):
-    return SWIN_VARIANTS if backbone_class(arch) is PromptedSwin else VARIANTS
+def method_row(arch, method, p):
+    """(what the row's label adds, prompt config) of a method's row on ``arch``, at P = ``p``
+    for a method with a prompt count."""
+    cls = ROWS[method][0]
+    backbone = 'swin' if backbone_class(arch) is PromptedSwin else 'vit'
+    suffix, options = cls.benchmark_row(method, backbone)
+    config = dict(type=registered_type(cls), **options)
+    if method in VARIANTS:
+        config['num_tokens'] = p
+    return suffix, config
 
 
 def prompt_config(arch, method, p):
     """The prompt config of a row (None for linear probing, full fine-tuning and P=0)."""
     if method in BASELINES:
         return None
-    if method in ADAPTER_ROWS:
-        return dict(ADAPTER_ROWS[method][1])
-    return variants_of(arch)[method][1](p)
+    return method_row(arch, method, p)[1]
 
 
 def method_name(arch, method):
-    """A row's name: the method's display name and what the variant adds to it."""
+    """A row's name: the method's display name and what the row adds to it."""
     if method in BASELINES:
         return BASELINES[method]
-    if method in ADAPTER_ROWS:
-        suffix, config = ADAPTER_ROWS[method]
-        return display_name(config) + suffix
-    suffix, make = variants_of(arch)[method]
-    return display_name(make(1)) + suffix
+    suffix, config = method_row(arch, method, 1)
+    return display_name(config) + suffix
 
 
 def default_img_size(arch):

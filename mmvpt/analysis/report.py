@@ -17,7 +17,7 @@ different P are not merged: that method gets a row per P, labelled e.g. ``CVPT (
 (``P=?`` for an unknown P); a method with one result per task keeps one row even where P
 differs from task to task (CVPT's per-task P). Two results for the same (method, task, P)
 are an error, as is any repeat when P is unknown. Rows are labelled with the method's
-display name, in the order of :data:`~mmvpt.utils.protocol_results.METHOD_FOLDERS` (other
+display name, in the order of :func:`~mmvpt.utils.protocol_results.method_folders` (other
 methods follow by folder name).
 
 The figure (:func:`build_figure`): a row of panels per benchmark present (VTAB-1k above
@@ -40,7 +40,7 @@ import sys
 
 from mmvpt.datasets.fgvc import FGVC_TASKS
 from mmvpt.datasets.vtab import VTAB_TASKS, canonical_vtab_task
-from mmvpt.utils.protocol_results import METHOD_FOLDERS, read_summary
+from mmvpt.utils.protocol_results import method_folders, read_summary
 
 VTAB_GROUPS = ('natural', 'specialized', 'structured')
 VTAB_COLUMNS = (*VTAB_TASKS, *VTAB_GROUPS, 'group_mean', 'mean', 'tuned_percent')
@@ -86,9 +86,10 @@ class RowKey(collections.namedtuple('RowKey', 'method num_tokens split name', de
 
 def method_label(method):
     """The name of a method folder's rows where no summary gives one."""
-    if method in METHOD_FOLDERS:
+    folders = method_folders()
+    if method in folders:
         from mmvpt.models.prompts import display_name
-        prompt_type, frozen = METHOD_FOLDERS[method]
+        prompt_type, frozen = folders[method]
         return display_name(prompt_type, frozen=frozen)
     return method
 
@@ -179,9 +180,10 @@ def fgvc_row(results):
 
 
 def ordered_methods(methods):
-    """Method folders in the report's row order: METHOD_FOLDERS', then the others by name."""
-    known = [m for m in METHOD_FOLDERS if m in methods]
-    return known + sorted(m for m in methods if m not in METHOD_FOLDERS)
+    """Method folders in the report's row order: method_folders()', then the others by name."""
+    folders = method_folders()
+    known = [m for m in folders if m in methods]
+    return known + sorted(m for m in methods if m not in folders)
 
 
 def ordered_rows(keys):

@@ -443,11 +443,15 @@ class FinalStage(Stage):
     each last checkpoint tested once."""
     name = 'final'
 
-    def __init__(self, seeds):
+    def __init__(self, seeds, train_split=None):
         if not seeds:
             raise ValueError('the final stage needs at least one seed')
         self.seeds = list(seeds)
+        self.train_split = train_split  # None: the benchmark's final split
         self.lr = self.wd = None  # --lr / --wd
+
+    def split(self, ctx):
+        return self.train_split or ctx.splits['final_train']
 
     def values(self, ctx):
         """What the seeds train with: the earlier stages' choices, --lr / --wd over them."""
@@ -490,7 +494,7 @@ class FinalStage(Stage):
                 continue
             trainings.append(Run(
                 'train', f'final training, seed {seed}', seed_dir, config,
-                ctx.run_options(options, train=ctx.splits['final_train'], seed=seed),
+                ctx.run_options(options, train=self.split(ctx), seed=seed),
                 osp.isfile(trained), validate=False,
                 collect=self.trained_collector(ctx, seed_dir, seed)))
         yield trainings
@@ -546,7 +550,7 @@ class FinalStage(Stage):
                           if not isinstance(v, Unquoted))
         chosen = f' with {given}' if given else ''
         return (f'final: {len(self.seeds)} trainings + {len(self.seeds)} tests{chosen}, train '
-                f'on {ctx.splits["final_train"]} (no validation) -> test on {ctx.splits["test"]}, '
+                f'on {self.split(ctx)} (no validation) -> test on {ctx.splits["test"]}, '
                 f'seeds {" ".join(map(str, self.seeds))}')
 
 

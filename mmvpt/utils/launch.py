@@ -14,7 +14,7 @@ import traceback
 import torch
 from mmengine.config import Config
 
-from mmvpt.registry import ALL_REGISTRIES
+from mmvpt.registry import ALL_REGISTRIES, MODELS
 from mmvpt.utils.checkpoint_loading import register_checkpoint_loader
 
 # default_scope -> the module that must be imported for its registries to fill.
@@ -210,13 +210,37 @@ def finish_distributed():
 
 def add_training_hooks(cfg):
     """What mmvpt's train tool adds to any config: its CheckpointHook in place of MMEngine's
-    (same arguments; atomic writes, exact resume) and the parameter report."""
+    (same arguments; atomic writes, exact resume), the parameter report and
+    :func:`add_frozen_init_hook`'s hook."""
     checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint')
     if checkpoint is not None and checkpoint.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
         checkpoint['type'] = 'mmvpt.CheckpointHook'
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(str(h.get('type', '')).endswith('ParameterReportHook') for h in hooks):
         cfg.custom_hooks = hooks + [dict(type='mmvpt.ParameterReportHook')]
+    return add_frozen_init_hook(cfg)
+
+
+# the hook that derives a method's tensors from the frozen weights, and its former name
+_FROZEN_INIT_HOOKS = ('FrozenInitHook', 'CrossAttentionInitHook')
+
+
+def add_frozen_init_hook(cfg):
+    """``mmvpt.FrozenInitHook`` for a model whose method derives tensors from the frozen
+    weights (its class declares ``derived_from_frozen``: CVPT, DoRA) and a config that lists
+    no such hook: without it, a backbone arriving by ``load_from`` would leave them derived
+    from the ``init_cfg`` weights (tools/train.py and tools/test.py add it)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if any(str(h.get('type', '')).split('.')[-1] in _FROZEN_INIT_HOOKS for h in hooks):
+        return cfg
+    MODELS.import_from_location()
+    derives = False
+    for _, node in _walk(cfg.get('model')):
+        name = node.get('type')
+        if isinstance(name, str) and name.startswith('mmvpt.'):
+            derives |= bool(getattr(MODELS.get(name), 'derived_from_frozen', ()))
+    if derives:
+        cfg.custom_hooks = hooks + [dict(type='mmvpt.FrozenInitHook')]
     return cfg
 
 

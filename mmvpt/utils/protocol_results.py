@@ -18,7 +18,7 @@ final runs trained with: lr, wd, P where searched, E²VPT's masked_tokens / mask
 candidates ({stage: [{values, score}]}: every candidate's val score).
 
 Final summaries written before method_name and num_tokens were recorded read as they did:
-the name from the method's folder (:data:`METHOD_FOLDERS`), P from the config MMEngine
+the name from the method's folder (:func:`method_folders`), P from the config MMEngine
 saved for the first seed's run (:func:`prompt_count`).
 """
 import glob
@@ -33,13 +33,14 @@ METRIC = 'accuracy/top1'
 TIMESTAMP_DIR = re.compile(r'^\d{8}_\d{6}$')
 TUNED_LINE = re.compile(r'tuned parameters: ([\d,]+) of ([\d,]+)')
 
-# The method of each method folder of configs/ (prompt type, frozen backbone), in the
-# report's row order: what a summary that does not record its method is read as.
-METHOD_FOLDERS = dict(full=(None, False), linear=(None, True), vpt=('mmvpt.VPT', True),
-                      e2vpt=('mmvpt.E2VPT', True), cvpt=('mmvpt.CVPT', True),
-                      ivpt=('mmvpt.IVPT', True), lora=('mmvpt.LoRA', True),
-                      adaptformer=('mmvpt.AdaptFormer', True), adapter=('mmvpt.Adapter', True),
-                      ssf=('mmvpt.SSF', True), bitfit=('mmvpt.BitFit', True))
+
+
+def method_folders():
+    """The method of each method folder of configs/ (prompt type, frozen backbone), in the
+    report's row order: what a summary that does not record its method is read as (derived
+    from the registered methods: :func:`mmvpt.models.methods.method_folders`)."""
+    from mmvpt.models.methods import method_folders as folders
+    return folders()
 
 
 class ProtocolError(RuntimeError):
@@ -207,9 +208,10 @@ def read_summary(path):
     summary = read_json(path)
     if 'method_name' not in summary:
         folder = summary.get('method')
-        if folder in METHOD_FOLDERS:
+        folders = method_folders()
+        if folder in folders:
             from mmvpt.models.prompts import display_name
-            prompt_type, frozen = METHOD_FOLDERS[folder]
+            prompt_type, frozen = folders[folder]
             summary['method_name'] = display_name(prompt_type, frozen=frozen)
         else:
             summary['method_name'] = folder

@@ -8,6 +8,7 @@ import os.path as osp
 import torch
 
 from mmvpt.models import PromptedSwin, PromptedViT
+from mmvpt.models.methods import tiny_settings
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(ROOT, 'configs/demo/vit-tiny_synthetic.py')
@@ -154,34 +155,15 @@ def write_tiny_seg_config(method, data_root, path, pretrained):
 
 
 # -- every method on both backbones ---------------------------------------------------------------
-# CVPT folds its cross-attention into the prompt side on CPU for few prompts (2), not for many
-# (12), on both backbones. iVPT's attentive reinforcement needs a CLS token: ViT only.
-# 'e2vpt_pruned' is meant to be pruned by the test ('mask' mode, KV after, separate V).
-METHODS = {
-    'vpt_deep': dict(type='mmvpt.VPT', num_tokens=3),
-    'vpt_shallow': dict(type='mmvpt.VPT', num_tokens=3, deep=False),
-    'e2vpt': dict(type='mmvpt.E2VPT', num_tokens=4, num_kv_tokens=2, num_segments=4),
-    'e2vpt_pruned': dict(type='mmvpt.E2VPT', num_tokens=4, num_kv_tokens=2, num_segments=4,
-                         share_kv=False, kv_location='after', prune_mode='mask'),
-    'cvpt_folded': dict(type='mmvpt.CVPT', num_tokens=2),
-    'cvpt_plain': dict(type='mmvpt.CVPT', num_tokens=12, ca_trainable=True),
-    'ivpt': dict(type='mmvpt.IVPT', num_tokens=3, num_ar_tokens=2),
-    'linear': None,
-    # the adapter-style baselines: frozen operations changed (adapt), branches (branch)
-    'lora': dict(type='mmvpt.LoRA', rank=2, targets=('q', 'v', 'fc1'), dropout=0.1),
-    'ssf': dict(type='mmvpt.SSF'),
-    'bitfit': dict(type='mmvpt.BitFit'),
-    'adaptformer': dict(type='mmvpt.AdaptFormer', bottleneck=4),
-    'adapter': dict(type='mmvpt.Adapter', bottleneck=4),
-}
+# Each method's tiny settings, as it declares them (``tiny_settings``), and linear probing.
+METHODS = {**tiny_settings(), 'linear': None}
 
 
 def prompt_config(backbone, method, methods=METHODS):
-    """``methods[method]`` as it runs on ``backbone`` (Swin: iVPT without AR; BitFit with the
-    relative-position tables, as the Swin-B configs)."""
+    """``methods[method]`` as it runs on ``backbone`` (what the method needs there: Swin's
+    iVPT without AR, BitFit with the relative-position tables, as the Swin-B configs)."""
     prompt = methods[method]
-    if prompt is not None and prompt['type'] == 'mmvpt.IVPT' and backbone == 'swin':
-        prompt = {**prompt, 'num_ar_tokens': 0}
-    if prompt is not None and prompt['type'] == 'mmvpt.BitFit' and backbone == 'swin':
-        prompt = {**prompt, 'position_bias': True}
-    return prompt
+    if prompt is None:
+        return None
+    from mmvpt.registry import MODELS
+    return {**prompt, **MODELS.get(prompt['type']).backbone_options(backbone)}

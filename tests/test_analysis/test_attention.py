@@ -339,7 +339,7 @@ def test_neutral_method_computes_the_plain_timm_blocks(sharp_backbone):
     backbone = tiny_backbone(sharp_backbone, None)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     seen = []
-    with torch.no_grad(), probe_attention(lambda kind, record: seen.append(kind)):
+    with torch.no_grad(), probe_attention(backbone, lambda kind, record: seen.append(kind)):
         plain = backbone(images)[0]
         assert seen == []  # prompt=None runs timm's own blocks: nothing to probe
         with attention.swap_prompt(backbone, attention.neutral_method(backbone)):

@@ -384,14 +384,15 @@ def test_bad_multitask_options_are_refused(given, message):
 def test_the_gpu_benchmark_script_asks_for_rows_the_benchmark_has():
     """tools/analysis/gpu_benchmark.sh runs on a short GPU lease, where a typo'd row would
     cost the lease: every --methods and --profile it passes is accepted here, and its
-    tables have the adapter-style rows."""
+    eager ViT-B table measures every row (no --methods: the default, every method's rows)."""
     import os.path as osp
     script = open(osp.join(osp.dirname(bench.__file__), '..', '..', 'tools', 'analysis',
                            'gpu_benchmark.sh')).read()
     method_lists = [m.split(',') for m in re.findall(r'--methods (\S+)', script)]
-    assert len(method_lists) == 3
+    assert len(method_lists) == 2
     for methods in method_lists:
         options(FAST, methods=methods)
     for spec in re.findall(r'--profile (\S+)', script):
         bench.parse_profile_spec(spec)
-    assert set(bench.ADAPTER_ROWS) <= set(method_lists[0])
+    vit_b = script[script.index('--batch 64 --prompts 0,10,50,200'):].split('\n')[:3]
+    assert not any('--methods' in line for line in vit_b), vit_b

@@ -597,12 +597,12 @@ def test_what_protocol_records_of_a_config():
 
 def test_adapter_baselines_get_their_rows(tmp_path):
     """Summaries in the adapter-style baselines' method folders make rows named by the
-    method, in METHOD_FOLDERS' order, with their means."""
+    method, in method_folders()' order, with their means."""
     for method, offset in (('lora', 0.), ('bitfit', -5.)):
         for index, task in enumerate(report.FGVC_TASKS):
             write_summary(str(tmp_path), method, 'fgvc', task, 80. + index + offset, 0.5)
     _, table = table_rows(report_of(str(tmp_path))[0], 'FGVC')
-    assert list(table) == ['LoRA', 'BitFit']  # METHOD_FOLDERS' order
+    assert list(table) == ['LoRA', 'BitFit']  # method_folders()' order
     assert table['LoRA']['Mean'] == '82.0' and table['BitFit']['Mean'] == '77.0'
 
 

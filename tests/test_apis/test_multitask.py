@@ -8,6 +8,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
+import mmvpt.models.adapters.dora  # noqa: F401  until the package finds its methods itself
 from mmvpt.apis import MultiTaskModel
 from mmvpt.utils.tuned_checkpoint import save_tuned_checkpoint
 from mmvpt.models.utils.vit_checkpoint import CheckpointMismatchError
@@ -28,6 +29,7 @@ METHODS = dict(
     cvpt_large=dict(type='mmvpt.CVPT', num_tokens=40),  # plain cross-attention
     ivpt=dict(type='mmvpt.IVPT', num_tokens=3, num_ar_tokens=2),
     lora=dict(type='mmvpt.LoRA', rank=2, targets=('q', 'v', 'fc2')),
+    dora=dict(type='mmvpt.DoRA', rank=2, targets=('q', 'v', 'fc2')),
     ssf=dict(type='mmvpt.SSF'),
     bitfit=dict(type='mmvpt.BitFit'),
     adaptformer=dict(type='mmvpt.AdaptFormer', bottleneck=4, dropout=0.),
@@ -147,8 +149,8 @@ def test_each_sample_equals_its_own_task_model(tmp_path, demo_backbone, method):
         assert masks.shape[0] == 3 and not torch.equal(masks[0], masks[1])
 
 
-@pytest.mark.parametrize('method', ['vpt_deep', 'vpt_shallow', 'e2vpt_remove', 'cvpt', 'ivpt', 'lora', 'ssf',
-                                    'adaptformer'])
+@pytest.mark.parametrize('method', ['vpt_deep', 'vpt_shallow', 'e2vpt_remove', 'cvpt', 'ivpt', 'lora',
+                                    'dora', 'ssf', 'adaptformer'])
 def test_swin_each_sample_equals_its_own_task_model(tmp_path, tiny_swin, method):
     tasks = make_tasks(tmp_path, tiny_swin, method, swin=True)
     check_mixed_batches(tasks, tasks['task0'][0])

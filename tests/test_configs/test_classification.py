@@ -19,9 +19,9 @@ from tests.helpers.tiny_models import swin_arch, vit_arch
 CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
                  if '_base_' not in p)
 METHODS = ('vpt', 'e2vpt', 'cvpt', 'ivpt', 'linear', 'full')
-ADAPTER_METHODS = ('lora', 'adaptformer', 'adapter', 'ssf', 'bitfit')
+ADAPTER_METHODS = ('lora', 'dora', 'adaptformer', 'adapter', 'adapter_plus', 'ssf', 'bitfit')
 # Methods whose generated configs differ from task to task beyond the class count.
-PER_TASK_RECIPES = ('e2vpt', 'cvpt', 'ivpt', 'ssf')
+PER_TASK_RECIPES = ('e2vpt', 'cvpt', 'ivpt', 'ssf', 'adapter_plus')
 TINY = {
     'model.backbone.arch_cfg': vit_arch(depth=2, num_heads=2),
     'model.backbone.img_size': 32,
@@ -41,8 +41,10 @@ def shrink_pipeline(pipeline):
     """The config's own pipeline, at 32 pixels instead of 224."""
     pipeline = copy.deepcopy(pipeline)
     for step in pipeline:
-        if 'scale' in step:
-            step['scale'] = tuple(SIZES.get(s, s) for s in step['scale'])
+        if 'scale' in step:  # (w, h), or one edge (ResizeEdge)
+            scale = step['scale']
+            step['scale'] = (SIZES.get(scale, scale) if isinstance(scale, int)
+                             else tuple(SIZES.get(s, s) for s in scale))
         if 'crop_size' in step:
             step['crop_size'] = SIZES.get(step['crop_size'], step['crop_size'])
     return pipeline

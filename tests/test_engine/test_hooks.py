@@ -1,18 +1,22 @@
 """Training hooks on a tiny CVPT model and generated data: tuned-only checkpoints (small,
-loadable by tools/test.py, refused when they do not fit) and the cross-attention init.
-(PromptPruningHook: test_pruning.py.)"""
+loadable by tools/test.py, refused when they do not fit) and what methods derive from the
+frozen weights (FrozenInitHook; DoRA's magnitudes: test_dora.py). (PromptPruningHook:
+test_pruning.py.)"""
 import os
 import os.path as osp
 
 import pytest
 import torch
 
-from mmvpt.engine.hooks import CrossAttentionInitHook, TunedCheckpointHook
-from mmvpt.utils import load_local_checkpoint
+import mmvpt.models.adapters.dora  # noqa: F401  until the package finds its methods itself
+from mmvpt.engine.hooks import CrossAttentionInitHook, FrozenInitHook, TunedCheckpointHook
+from mmvpt.engine.hooks.frozen_init_hook import checkpoint_names
+from mmvpt.utils import (add_frozen_init_hook, add_training_hooks, load_local_checkpoint,
+                         prepare_config)
 
-from tests.conftest import DEMO_CONFIG, data_options, pretrained_line, run_tool
+from tests.conftest import DEMO_CONFIG, ROOT, data_options, pretrained_line, run_tool
 from tests.helpers.runners import make_runner, write_config
-from tests.helpers.tiny_models import vit_spec
+from tests.helpers.tiny_models import build, vit_spec
 
 # -- tuned-only checkpoints ----------------------------------------------------------------
 def test_vit_b_cvpt_tuned_checkpoint_is_small(tmp_path):
@@ -109,7 +113,9 @@ def test_mismatched_tuned_checkpoint_fails_and_keeps_earlier_checkpoints(cvpt_ru
     assert checkpoint_files(runner.work_dir) == before
 
 
-def test_cross_attention_init_hook_copies_late_backbone_weights_only_once():
+# -- what methods derive from the frozen weights ----------------------------------------------
+@pytest.mark.parametrize('hook_class', [FrozenInitHook, CrossAttentionInitHook])
+def test_cross_attention_init_hook_copies_late_backbone_weights_only_once(hook_class):
     from types import SimpleNamespace
 
     from mmvpt.models import PromptedViT
@@ -118,7 +124,7 @@ def test_cross_attention_init_hook_copies_late_backbone_weights_only_once():
     runner = SimpleNamespace(model=model)
     # A backbone arriving through load_from, with no cross-attention in the checkpoint.
     backbone = {k: torch.randn_like(v) for k, v in model.state_dict().items() if k.startswith('vit.')}
-    hook = CrossAttentionInitHook()
+    hook = hook_class()
     hook.after_load_checkpoint(runner, dict(state_dict=backbone))
     model.load_state_dict(backbone, strict=False)
     hook.before_train(runner)
@@ -127,9 +133,68 @@ def test_cross_attention_init_hook_copies_late_backbone_weights_only_once():
     # A checkpoint that brings trained cross-attention weights keeps them.
     trained = {k: torch.randn_like(v) for k, v in model.state_dict().items()
                if '.cross_attn.' in k}
-    hook = CrossAttentionInitHook()
+    hook = hook_class()
     hook.after_load_checkpoint(runner, dict(state_dict=trained))
     model.load_state_dict(trained, strict=False)
     hook.before_test(runner)
     torch.testing.assert_close(model.prompt.cross_attn[0].qkv.weight,
                                trained['prompt.cross_attn.0.qkv.weight'], rtol=0, atol=0)
+
+
+def test_a_checkpoint_brings_a_derived_tensor_by_its_methods_keys_only():
+    names = ('magnitude_q', 'magnitude_v', 'cross_attn')
+    keys = ['backbone.prompt.magnitude_q', 'backbone.prompt.magnitude_vv',
+            'backbone.prompt.cross_attn.0.qkv.weight', 'neck.prompt.magnitude_v', 'head.fc.weight']
+    assert checkpoint_names('backbone.prompt', names, keys) == {'magnitude_q', 'cross_attn'}
+    # the same keys seen from a wrapper (DDP, test-time augmentation) or from the backbone alone
+    assert checkpoint_names('module.backbone.prompt', names, keys) == {'magnitude_q', 'cross_attn'}
+    assert checkpoint_names('prompt', names, ['prompt.magnitude_v.1']) == {'magnitude_v'}
+    assert checkpoint_names('backbone.prompt', names, ['module.backbone.prompt.magnitude_v']) == {
+        'magnitude_v'}
+
+
+def test_derived_tensors_a_checkpoint_brought_stay_and_the_others_are_derived_once():
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    model = build(dict(type='mmvpt.DoRA', rank=2, targets=('q', 'v')))
+    runner, method = SimpleNamespace(model=model), model.prompt
+    hook = FrozenInitHook()
+    trained_q = torch.rand_like(method.magnitude_q)
+    hook.after_load_checkpoint(runner, dict(state_dict={'prompt.magnitude_q': trained_q}))
+    with torch.no_grad():  # loaded; then other frozen weights than the magnitudes came from
+        method.magnitude_q.copy_(trained_q)
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(2)
+    old_v = method.magnitude_v.detach().clone()
+    hook.before_train(runner)
+    torch.testing.assert_close(method.magnitude_q, trained_q, rtol=0, atol=0)
+    torch.testing.assert_close(method.magnitude_v, 2 * old_v)
+    # trained, then tested in the same run: what training learned stays
+    with torch.no_grad():
+        method.magnitude_v.add_(1)
+    learned = method.magnitude_v.detach().clone()
+    hook.before_test(runner)
+    torch.testing.assert_close(method.magnitude_v, learned, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('prompt, added', [
+    ("dict(type='mmvpt.DoRA')", True), ("dict(type='mmvpt.CVPT', num_tokens=2)", True),
+    ("dict(type='mmvpt.LoRA')", False), ('None', False)])
+def test_the_tools_add_the_frozen_init_hook_for_methods_that_derive_tensors(tmp_path, prompt,
+                                                                            added):
+    config = tmp_path / 'cfg.py'
+    config.write_text(f'_base_ = [{DEMO_CONFIG!r}]\nmodel = dict(backbone=dict(prompt={prompt}))\n')
+    hook = dict(type='mmvpt.FrozenInitHook')
+    assert (hook in add_training_hooks(prepare_config(str(config))).custom_hooks) is added
+    tested = add_frozen_init_hook(prepare_config(str(config)))  # what tools/test.py adds
+    assert (hook in tested.get('custom_hooks', [])) is added
+
+
+def test_configs_that_list_the_hook_or_its_former_name_get_no_second_one():
+    # the generated CVPT configs inherit no hook from their base config now: the tools add it
+    generated = osp.join(ROOT, 'configs/cvpt/swin-b_vtab-cifar.py')
+    hooks = [h['type'] for h in add_training_hooks(prepare_config(generated)).custom_hooks]
+    assert hooks.count('mmvpt.FrozenInitHook') == 1
+    seg = osp.join(ROOT, 'configs/cvpt/setr_vit-l_ade20k.py')  # lists CrossAttentionInitHook
+    hooks = [h['type'] for h in add_training_hooks(prepare_config(seg)).custom_hooks]
+    assert 'mmvpt.CrossAttentionInitHook' in hooks and 'mmvpt.FrozenInitHook' not in hooks

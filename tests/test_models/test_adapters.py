@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from mmvpt.models import PromptedSwin, PromptedViT
 from mmvpt.models.adapters.base import last_affine, op_module
 
+from ..helpers.peft_reference import peft_blocks, peft_twin
 from ..helpers.tiny_models import BACKBONES, build, vit_arch
 
 ADAPTERS = {
@@ -398,26 +399,19 @@ def test_stacked_tasks_give_each_sample_its_own_tasks_output(backbone, name):
 
 
 def test_lora_equals_peft_on_the_same_timm_vit():
-    from peft import LoraConfig, get_peft_model
     torch.manual_seed(0)
     model = build(dict(type='mmvpt.LoRA', rank=2, alpha=6, targets=('qkv', 'proj', 'fc1', 'fc2')))
     model = model.double().eval()
-    reference = timm.create_model(model.arch, pretrained=False, num_classes=0, img_size=32,
-                                  **model_arch_cfg('vit')).double()
-    reference.load_state_dict(model.vit.state_dict())
-    peft_model = get_peft_model(reference, LoraConfig(
-        r=2, lora_alpha=6, target_modules=r'blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)'))
-    m, blocks = model.prompt, peft_model.base_model.model.blocks
+    peft_model = peft_twin(model)
+    m = model.prompt
     with torch.no_grad():
-        for layer, block in enumerate(blocks):
-            for target, linear in (('qkv', block.attn.qkv), ('proj', block.attn.proj),
-                                   ('fc1', block.mlp.fc1), ('fc2', block.mlp.fc2)):
-                a, b = torch.randn_like(tensor(m, f'lora_a_{target}', layer)), torch.randn_like(
-                    tensor(m, f'lora_b_{target}', layer))
-                getattr(m, f'lora_a_{target}')[layer].copy_(a)
-                getattr(m, f'lora_b_{target}')[layer].copy_(b)
-                linear.lora_A['default'].weight.copy_(a)
-                linear.lora_B['default'].weight.copy_(b)
+        for (layer, target), (linear, rows, ranks) in peft_blocks(m, peft_model).items():
+            a, b = torch.randn_like(tensor(m, f'lora_a_{target}', layer)), torch.randn_like(
+                tensor(m, f'lora_b_{target}', layer))
+            getattr(m, f'lora_a_{target}')[layer].copy_(a)
+            getattr(m, f'lora_b_{target}')[layer].copy_(b)
+            linear.lora_A['default'].weight[ranks].copy_(a)
+            linear.lora_B['default'].weight[rows, ranks].copy_(b)
     peft_model.eval()
     img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():

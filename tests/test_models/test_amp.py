@@ -38,7 +38,7 @@ class Classifier(nn.Module):
 def build(backbone, method):
     torch.manual_seed(0)
     model = Classifier(tiny_models.build(prompt_config(backbone, method), backbone))
-    model.backbone.bind_prompt()
+    model.backbone.derive_from_frozen()
     if method == 'e2vpt_pruned':  # a pruned token and a pruned segment: both masks multiply
         with torch.no_grad():
             model.backbone.prompt.token_mask[0, 1] = 0
@@ -98,16 +98,21 @@ def test_bf16_training_step_on_cpu(monkeypatch, backbone, method):
     # Prompt keys/values (float32 parameters) join the tokens' in bfloat16: a float32 join
     # would promote every key and value of the block to float32.
     # timm's own window attention (no SDPA) runs for Swin blocks whose attention gets no extras
-    if backbone == 'vit' or method not in ('linear', 'cvpt_plain', 'cvpt_folded', 'adaptformer', 'adapter'):
+    if backbone == 'vit' or method not in ('linear', 'cvpt_plain', 'cvpt_folded', 'adaptformer',
+                                           'adapter', 'adapter_plus'):
         assert attention_dtypes and set(attention_dtypes) == {(torch.bfloat16, ) * 3}
     assert abs(loss.item() - float32_loss.item()) <= 0.02 * float32_loss.item()
     if method.startswith('cvpt'):
         assert bool(folded_calls) == (method == 'cvpt_folded')
     # Every tuned tensor moved (but those behind a zero-initialised LoRA B or adapter
-    # up-projection, which get no gradient at the first step); the frozen backbone and every
-    # buffer did not.
+    # up-projection, whose first step's gradient, the momentum, is zero); the frozen
+    # backbone and every buffer did not.
     state = model.state_dict()
-    behind_zero = {n for n in tuned if '.lora_a_' in n or '_down_' in n or '.down_' in n}
+    names = {id(p): n for n, p in model.named_parameters()}
+    behind_zero = {names[id(p)] for p, s in optimizer.state.items()
+                   if not s['momentum_buffer'].any()}
+    # ... which can only be the first projections of LoRA and of the adapters
+    assert behind_zero <= {n for n in tuned if '.lora_a_' in n or '_down_' in n or '.down_' in n}
     assert {n for n, t in state.items() if not torch.equal(t, before[n])} == tuned - behind_zero
     # Parameters, buffers (E2VPT's masks) and the optimizer state (momentum: the first
     # step's gradients) stay float32.

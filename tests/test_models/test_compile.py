@@ -43,7 +43,7 @@ def build(backbone, method, with_cp=False, dropout=None):
         prompt = {**prompt, 'dropout': dropout}
     torch.manual_seed(0)
     model = tiny_models.build(prompt, backbone, frozen=method != 'full', with_cp=with_cp)
-    model.bind_prompt()
+    model.derive_from_frozen()
     if method.startswith('e2vpt_'):
         prune(model.prompt)
     return model

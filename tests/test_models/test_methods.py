@@ -62,7 +62,7 @@ def test_e2vpt_visual_and_kv_prompts(images, share_kv, kv_location):
     # On ViT the key order cannot change the output; it decides where the key-value prompts
     # sit among the keys that the attention analysis and the key masks read.
     records = []
-    with torch.no_grad(), probe_attention(lambda kind, record: records.append(record)):
+    with torch.no_grad(), probe_attention(model, lambda kind, record: records.append(record)):
         model(images)
     first = records[0]  # block 0: keys [before, CLS and image tokens, after]
     before = 3 + 4 if kv_location == 'before' else 4  # the block's prompts: keys only, before

@@ -110,7 +110,7 @@ def test_with_cp_gives_the_same_gradients(backbone, method):
     if backbone == 'swin' and method == 'ivpt':
         prompt['num_ar_tokens'] = 0  # no CLS token on Swin
     model = build(backbone, prompt, drop_path_rate=0.3).train()  # prompt dropout 0.1 too
-    model.bind_prompt()
+    model.derive_from_frozen()
     img = torch.randn(2, 3, 32, 32)
     mlp_calls = []
     for blk in model.blocks:

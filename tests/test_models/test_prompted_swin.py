@@ -301,7 +301,7 @@ def test_cvpt_cross_attends_over_the_whole_map_with_shared_weights():
     # a learnable copy starts as the shared weights
     learnable = prompted(dict(type='mmvpt.CVPT', num_tokens=3, insert=3, ca_trainable=True), reference)
     learnable.prompt.prompts = model.prompt.prompts
-    learnable.bind_prompt()
+    learnable.derive_from_frozen()
     assert torch.allclose(learnable(img)[0], expected, atol=1e-5)
 
 
@@ -354,7 +354,7 @@ def assert_every_tuned_tensor_has_gradient(model, method):
 def test_every_prompt_tensor_gets_a_gradient(method):
     torch.manual_seed(0)
     model = prompted(SWIN_METHODS[method], drop_path_rate=0.1)
-    model.bind_prompt()
+    model.derive_from_frozen()
     model.train()
     model(torch.randn(2, 3, 32, 32))[0].pow(2).sum().backward()
     assert_every_tuned_tensor_has_gradient(model, method)
@@ -447,7 +447,7 @@ def test_cvpt_trainable_cross_attention_copy_is_used_and_trains():
 
     def prompts(layer):
         return m.at(m.prompts, layer)
-    model.bind_prompt()  # the copies start equal to the blocks' projections...
+    model.derive_from_frozen()  # the copies start equal to the blocks' projections...
     with torch.no_grad():  # ...so move them away: the forward must follow the copies
         for p in m.cross_attn.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -506,7 +506,7 @@ def test_every_method_at_a_size_not_a_multiple_of_the_window(method):
     reference = timm_swin()
     img = torch.randn(2, 3, 40, 40)  # 10 x 10 tokens, then 5 x 5: windows of 4 need padding
     model = prompted(SWIN_METHODS[method], reference)
-    model.bind_prompt()
+    model.derive_from_frozen()
     m = model.prompt
     with torch.no_grad():
         if method == 'ivpt':  # away from the identity init, so Γ matters

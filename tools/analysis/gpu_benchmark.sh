@@ -18,8 +18,8 @@ bench=(python tools/analysis/benchmark.py --device cuda --amp bf16)
 case $part in
   eager)
     {
+      # every row of every method (the default --methods)
       "${bench[@]}" --batch 64 --prompts 0,10,50,200 \
-          --methods none,linear,full,vpt,vpt_batch,e2vpt,cvpt,cvpt_sample,ivpt,lora,adaptformer,adapter,ssf,bitfit \
           --profile none:0 --profile vpt:200 --profile cvpt_sample:10 --profile e2vpt:50 --profile ivpt:50
       # the SETR shape: ViT-L/16 at 512, batch 4
       "${bench[@]}" --arch vit_large_patch16_384 --img-size 512 --batch 4 --prompts 0,200 \

@@ -7,8 +7,6 @@ model = dict(backbone=dict(
     drop_path_rate=0.1,
     prompt=dict(type='mmvpt.CVPT', num_tokens=10, insert=3, dropout=0.1, ca_init='shared',
                 ca_trainable=False)))
-custom_hooks = [
-    dict(type='mmvpt.ParameterReportHook'),
-    dict(type='mmvpt.TunedCheckpointHook'),
-    dict(type='mmvpt.CrossAttentionInitHook'),
-]
+# (tools/train.py and tools/test.py add mmvpt.FrozenInitHook: with ca_trainable=True the
+# cross-attention copies are derived from the frozen weights)
+custom_hooks = [dict(type='mmvpt.ParameterReportHook'), dict(type='mmvpt.TunedCheckpointHook')]

@@ -1,8 +1,7 @@
-from .adapter import Adapter
-from .adaptformer import AdaptFormer
+"""The adapter-style baselines, one module each; every registered method here is exported."""
+from ..methods import import_modules
 from .base import AdapterMethod
-from .bitfit import BitFit
-from .lora import LoRA
-from .ssf import SSF
 
-__all__ = ['AdapterMethod', 'LoRA', 'AdaptFormer', 'Adapter', 'SSF', 'BitFit']
+_METHODS = import_modules(__import__(__name__, fromlist=['_']))
+globals().update(_METHODS)
+__all__ = ['AdapterMethod', *_METHODS]

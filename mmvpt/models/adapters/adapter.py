@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mmvpt.registry import MODELS
 from ..prompts.base import check_choices, check_positive
 from ..utils.protocols import adamw_grid, fixed_recipe
-from .base import AdapterMethod, kaiming_rows
+from .base import AdapterMethod, kaiming_rows, noah_recipe
 
 PLACEMENTS = ('attn', 'mlp')
 ACTIVATIONS = {'relu': F.relu, 'gelu': F.gelu}
@@ -30,6 +30,14 @@ class Adapter(AdapterMethod):
         vtab=fixed_recipe("NOAH's VTAB-1k Adapter recipe",
                           'ZhangYuanhan-AI/NOAH configs/Adapter/VTAB/slurm_train_adapter_vtab.sh'),
         fgvc=adamw_grid('our AdamW grid', 'no source gives a Adapter FGVC recipe'))
+    config_folder = 'adapter'
+    table_order = 90
+    benchmark_rows = {'adapter': (' (8, attn + mlp)', dict(bottleneck=8))}
+    tiny_settings = {'adapter': dict(bottleneck=4)}
+
+    @classmethod
+    def config_recipe(cls, benchmark, task):
+        return noah_recipe(cls.display_name, benchmark)
 
     def __init__(self, bottleneck=64, placement=PLACEMENTS, activation='relu', **backbone):
         super().__init__(**backbone)
@@ -48,8 +56,12 @@ class Adapter(AdapterMethod):
     def branch(self, ctx, layer, name, x, out):
         if name not in self.placement:
             return out
-        h = ACTIVATIONS[self.activation](self.linear(ctx, layer, f'{name}_down', out))
-        return out + self.linear(ctx, layer, f'{name}_up', h)
+        return out + self.bottleneck_output(ctx, layer, name, out)
+
+    def bottleneck_output(self, ctx, layer, name, h):
+        """up(act(down(h))): block ``layer``'s bottleneck of the ``name`` branch on ``h``."""
+        h = ACTIVATIONS[self.activation](self.linear(ctx, layer, f'{name}_down', h))
+        return self.linear(ctx, layer, f'{name}_up', h)
 
     def extra_repr(self):
         return f'bottleneck={self.bottleneck}, placement={self.placement}, activation={self.activation!r}'

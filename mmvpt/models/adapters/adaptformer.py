@@ -22,6 +22,14 @@ class AdaptFormer(AdapterMethod):
     display_name = 'AdaptFormer'
     #: tools/protocol.py: no source gives a VTAB-1k or FGVC recipe
     protocol = adamw_grid('our AdamW grid', 'no source gives a AdaptFormer recipe for VTAB-1k or FGVC')
+    config_folder = 'adaptformer'
+    table_order = 80
+    benchmark_rows = {'adaptformer': (' (64)', dict(bottleneck=64))}
+    tiny_settings = {'adaptformer': dict(bottleneck=4)}
+
+    @classmethod
+    def config_recipe(cls, benchmark, task):
+        return dict(note="lr 1e-3, wd 1e-4, batch 64: our default; AdaptFormer's code has no VTAB-1k or FGVC recipe.")
 
     def __init__(self, bottleneck=64, scale=0.1, dropout=0.1, **backbone):
         super().__init__(**backbone)

@@ -20,6 +20,20 @@ BLOCK_OPS = ('norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2')
 OUTER_OPS = ('patch_proj', 'patch_embed', 'merge_norm', 'norm')
 #: the query, key and value rows of the fused qkv projection, as LoRA targets
 QKV_ROWS = ('q', 'k', 'v')
+#: NOAH's one VTAB-1k recipe of its LoRA and Adapter baselines (ZhangYuanhan-AI/NOAH,
+#: configs/{LoRA,Adapter}/VTAB/slurm_train_*_vtab.sh): AdamW, batch 64, 100 epochs, rank /
+#: width 8; warm-up 10 epochs and drop-path 0.1 are supernet_train_prompt.py's defaults
+NOAH_VTAB = dict(lr=1e-3, weight_decay=1e-4, batch=64)
+
+
+def noah_recipe(name, benchmark):
+    """The generated config of a method run with NOAH's VTAB-1k recipe (no FGVC one)."""
+    if benchmark != 'vtab':
+        return dict(note="lr 1e-3, wd 1e-4, batch 64: NOAH's VTAB-1k recipe as our default; no "
+                    "source gives FGVC's.")
+    lr, wd, batch = NOAH_VTAB['lr'], NOAH_VTAB['weight_decay'], NOAH_VTAB['batch']
+    return dict(optimizer=dict(lr=lr, weight_decay=wd), loader=dict(batch_size=batch),
+                note=f"lr {lr:g}, wd {wd:g}, batch {batch} (NOAH's VTAB-1k {name} script).")
 
 
 def op_module(backbone, layer, name):

@@ -26,6 +26,22 @@ class BitFit(ChannelAffine):
     display_name = 'BitFit'
     #: tools/protocol.py: no source gives a VTAB-1k or FGVC recipe
     protocol = adamw_grid('our AdamW grid', 'no source gives a BitFit recipe for VTAB-1k or FGVC')
+    config_folder = 'bitfit'
+    table_order = 110
+    benchmark_rows = {'bitfit': ('', {})}
+    tiny_settings = {'bitfit': {}}
+    swin_config = dict(backbone='swin_b_bias_tables', comments=(
+        "BitFit: the relative-position bias tables too, as VPT's Swin \"Bias\" baseline.", ),
+        lines=())
+
+    @classmethod
+    def backbone_options(cls, backbone):
+        # VPT's Swin "Bias" row trained the relative-position tables too (as the Swin-B configs)
+        return dict(position_bias=True) if backbone == 'swin' else {}
+
+    @classmethod
+    def config_recipe(cls, benchmark, task):
+        return dict(note='lr 1e-3, wd 1e-4, batch 64: our default; no source gives a BitFit recipe here.')
     shift_prefix = 'bias'
     shift_init = staticmethod(nn.init.zeros_)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mmvpt.registry import MODELS
 from ..prompts.base import check_positive
 from ..utils.protocols import adamw_grid, fixed_recipe
-from .base import QKV_ROWS, AdapterMethod, kaiming_rows, op_module
+from .base import QKV_ROWS, AdapterMethod, kaiming_rows, noah_recipe, op_module
 
 LORA_TARGETS = QKV_ROWS + ('qkv', 'proj', 'fc1', 'fc2')
 
@@ -34,6 +34,14 @@ class LoRA(AdapterMethod):
         vtab=fixed_recipe("NOAH's VTAB-1k LoRA recipe",
                           'ZhangYuanhan-AI/NOAH configs/LoRA/VTAB/slurm_train_lora_vtab.sh'),
         fgvc=adamw_grid('our AdamW grid', 'no source gives a LoRA FGVC recipe'))
+    config_folder = 'lora'
+    table_order = 70
+    benchmark_rows = {'lora': (' (r=8, q v)', dict(rank=8, targets=('q', 'v')))}
+    tiny_settings = {'lora': dict(rank=2, targets=('q', 'v', 'fc1'), dropout=0.1)}
+
+    @classmethod
+    def config_recipe(cls, benchmark, task):
+        return noah_recipe(cls.display_name, benchmark)
     adapts_ops = True
 
     def __init__(self, rank=8, alpha=None, targets=('q', 'v'), dropout=0., **backbone):
@@ -41,12 +49,15 @@ class LoRA(AdapterMethod):
         check_positive('rank', rank)
         targets = (targets, ) if isinstance(targets, str) else tuple(targets)
         unknown = [t for t in targets if t not in LORA_TARGETS]
+        name = type(self).__name__  # DoRA's errors name DoRA
         if unknown or not targets or len(set(targets)) != len(targets):
-            raise ValueError(f'LoRA targets={targets!r}: name distinct linears among {LORA_TARGETS}')
+            raise ValueError(f'{name} targets={targets!r}: name distinct linears among '
+                             f'{LORA_TARGETS}')
         if 'qkv' in targets and set(targets) & set(QKV_ROWS):
-            raise ValueError(f'LoRA targets={targets!r}: \'qkv\' already updates the q, k and v rows')
+            raise ValueError(f'{name} targets={targets!r}: \'qkv\' already updates the q, k and '
+                             'v rows')
         if not 0 <= dropout < 1:
-            raise ValueError(f'LoRA dropout={dropout!r}: must be in [0, 1)')
+            raise ValueError(f'{name} dropout={dropout!r}: must be in [0, 1)')
         self.rank = rank
         self.alpha = rank if alpha is None else alpha
         self.scale = self.alpha / rank
@@ -60,7 +71,6 @@ class LoRA(AdapterMethod):
         """s B A x for block ``layer``'s ``target`` on ``x`` (B, ..., in)."""
         a = self.per_sample(ctx, f'lora_a_{target}', layer)  # (B | 1, r, in)
         b = self.per_sample(ctx, f'lora_b_{target}', layer)  # (B | 1, out, r)
-        x = F.dropout(x, self.dropout, self.training) if self.dropout else x
         shape = x.shape
         h = x.reshape(shape[0], -1, shape[-1]) @ a.transpose(-1, -2).to(x.dtype)
         return ((h @ b.transpose(-1, -2).to(x.dtype)) * self.scale).view(*shape[:-1], -1)
@@ -73,24 +83,46 @@ class LoRA(AdapterMethod):
             rows = list(out.chunk(3, dim=-1))
             for index, target in enumerate(QKV_ROWS):
                 if target in self.targets:
-                    rows[index] = rows[index] + self.update(ctx, layer, target, x)
+                    rows[index] = self.changed(ctx, layer, target, module, x, rows[index])
             return torch.cat(rows, dim=-1)
         if name in self.targets:
-            return out + self.update(ctx, layer, name, x)
+            return self.changed(ctx, layer, name, module, x, out)
         return out
 
+    def changed(self, ctx, layer, target, module, x, out):
+        """``out``, the frozen output of ``target`` (its rows of ``module``, the qkv projection,
+        for ``'q'``, ``'k'``, ``'v'``) on ``x``, changed by the method: out + s B A x."""
+        x = F.dropout(x, self.dropout, self.training) if self.dropout else x
+        return out + self.update(ctx, layer, target, x)
+
+    def merged_weight(self, layer, target, weight):
+        """``weight`` (the rows of block ``layer``'s frozen ``target``) with the method folded
+        in: W + s B A."""
+        a, b = (self.at(getattr(self, f'lora_{p}_{target}'), layer) for p in 'ab')
+        return weight + (self.scale * b @ a).to(weight)
+
     def merge_into(self, backbone):
-        # W += s B A, on the target's rows of the qkv projection for q / k / v
         for layer in range(self.num_layers):
             for target in self.targets:
-                a, b = (self.at(getattr(self, f'lora_{p}_{target}'), layer) for p in 'ab')
-                module = op_module(backbone, layer, 'qkv' if target in QKV_ROWS else target)
-                rows = slice(None)
-                if target in QKV_ROWS:
-                    width = module.out_features // 3
-                    start = QKV_ROWS.index(target) * width
-                    rows = slice(start, start + width)
-                module.weight[rows] += (self.scale * b @ a).to(module.weight)
+                module = target_module(backbone, layer, target)
+                rows = target_rows(module, target)
+                module.weight[rows] = self.merged_weight(layer, target, module.weight[rows])
 
     def extra_repr(self):
         return f'rank={self.rank}, alpha={self.alpha}, targets={self.targets}'
+
+
+def target_module(backbone, layer, target):
+    """The frozen linear of block ``layer`` that ``target`` changes (the qkv projection for
+    ``'q'``, ``'k'``, ``'v'``)."""
+    return op_module(backbone, layer, 'qkv' if target in QKV_ROWS else target)
+
+
+def target_rows(module, target):
+    """The output rows of ``module`` (:func:`target_module`) that ``target`` changes: its
+    third of the qkv projection for ``'q'``, ``'k'``, ``'v'``, else all of them."""
+    if target not in QKV_ROWS:
+        return slice(None)
+    width = module.out_features // 3
+    start = QKV_ROWS.index(target) * width
+    return slice(start, start + width)

@@ -81,6 +81,9 @@ class PromptedBackbone(BaseModule):
             check_method_options(method_class, prompt)
         method_args.setdefault('patch_norm', not isinstance(self.timm_model.patch_embed.norm, nn.Identity))
         self.prompt = None if prompt is None else MODELS.build(prompt, default_args=method_args)
+        # what the method derives from the frozen weights fits them from the start, whatever
+        # weights come later
+        self.derive_from_frozen()
 
     # -- the prompted block ----------------------------------------------------------
     def start(self, batch_size, tasks=None):
@@ -205,7 +208,7 @@ class PromptedBackbone(BaseModule):
 
     def init_weights(self):
         """Loads ``init_cfg``'s pretrained checkpoint into the timm model (the prompts keep
-        their own init), then lets the method read the loaded blocks."""
+        their own init), then derives the method's tensors from the loaded weights."""
         cfg = self.init_cfg
         if self.pretrained_checkpoint is not None:
             self.load_pretrained(cfg['checkpoint'])
@@ -213,7 +216,7 @@ class PromptedBackbone(BaseModule):
             self._is_init = True
         elif cfg is not None:
             super().init_weights()
-        self.bind_prompt()
+        self.derive_from_frozen()
         self.backbone_ready = True
 
     @property
@@ -290,11 +293,13 @@ class PromptedBackbone(BaseModule):
         self.prompt = None
         return self
 
-    def bind_prompt(self):
-        """Lets the method read the backbone's current weights (CVPT's own cross-attention
-        copies start from the blocks' attention)."""
+    def derive_from_frozen(self):
+        """(Re)computes what the method derives from the frozen weights (its
+        ``derived_from_frozen``: CVPT's own cross-attention copies, DoRA's magnitudes) from
+        the backbone's current ones."""
         if self.prompt is not None:
-            self.prompt.bind_backbone(self.blocks)
+            with torch.no_grad():
+                self.prompt.derive_from_frozen(self)
 
 
 def merge_methods(model):

@@ -1,7 +1,7 @@
+"""The prompt-tuning methods, one module each; every registered method here is exported."""
+from ..methods import import_modules
 from .base import PromptMethod, display_name
-from .cvpt import CVPT
-from .e2vpt import E2VPT
-from .ivpt import IVPT
-from .vpt import VPT
 
-__all__ = ['PromptMethod', 'display_name', 'VPT', 'E2VPT', 'CVPT', 'IVPT']
+_METHODS = import_modules(__import__(__name__, fromlist=['_']))
+globals().update(_METHODS)
+__all__ = ['PromptMethod', 'display_name', *_METHODS]

@@ -124,6 +124,51 @@ class PromptMethod(nn.Module):
     #: the backbone runs the frozen operations through :meth:`adapt` (and so takes
     #: timm's fused paths apart: only methods that change those operations set it)
     adapts_ops = False
+    #: names, relative to the method, of the tensors or submodules it derives from the frozen
+    #: weights (CVPT's own cross-attention copies, DoRA's magnitudes):
+    #: :meth:`derive_from_frozen` computes them whenever other frozen weights arrive, unless a
+    #: checkpoint brought them (``mmvpt.FrozenInitHook``). A method whose options decide what it
+    #: derives narrows the declaration per instance.
+    derived_from_frozen = ()
+
+    # -- what the rest of the project knows of a method: declared here, next to it, and
+    # -- nowhere else (lists of methods are derived from the registered classes)
+    #: configs/<config_folder>/: the method's generated VTAB-1k / FGVC configs; protocol
+    #: summaries and the report name its results by it (None: no generated configs)
+    config_folder = None
+    #: where the method's rows go in tables (report, benchmark, generated configs): lower first
+    table_order = 1000
+    #: the rows tools/analysis/benchmark.py measures: {row name: (what the row's label adds
+    #: to the display name, options)}; a method with ``num_tokens`` is measured at each P
+    benchmark_rows = {}
+    #: the tiny models the tests build of the method: {name: options}
+    tiny_settings = {}
+    #: the method's generated Swin-B configs: the configs/_base_/models/swin-b.py backbone
+    #: variable they use, comment lines and config lines they add
+    swin_config = dict(backbone='swin_b', comments=(), lines=())
+    #: tools/protocol.py: the protocol its authors ran (see mmvpt/models/utils/protocols.py)
+    protocol = None
+
+    @classmethod
+    def backbone_options(cls, backbone):
+        """Options the method needs on ``backbone`` (``'vit'`` or ``'swin'``) beyond the
+        ones it is given (iVPT: no attentive reinforcement without a CLS token)."""
+        return {}
+
+    @classmethod
+    def benchmark_row(cls, name, backbone):
+        """(what the label adds, options) of benchmark row ``name`` on ``backbone``."""
+        suffix, options = cls.benchmark_rows[name]
+        return suffix, {**options, **cls.backbone_options(backbone)}
+
+    @classmethod
+    def config_recipe(cls, benchmark, task):
+        """What the generated config of ``task`` (``benchmark``: ``'vtab'`` or ``'fgvc'``) sets:
+        ``dict(prompt=..., backbone=..., loader=..., optimizer=..., note='...',
+        pipelines=(train, test))``, each optional: prompt / backbone / loader / optimizer
+        options, the first comment line, and the names of the method base config's train and
+        test pipelines (tools/misc/generate_configs.py)."""
+        return {}
 
     def __init__(self, num_layers, embed_dim, num_heads, patch_size=16, qkv_bias=True,
                  has_cls_token=True, mlp_dim=None, patch_norm=False, patch_mergings=(),
@@ -298,8 +343,10 @@ class PromptMethod(nn.Module):
     def after_block(self, ctx, layer, x, cls_attention, image_start):
         return x
 
-    def bind_backbone(self, blocks):
-        """Called after the backbone's pretrained weights are in place."""
+    def derive_from_frozen(self, backbone):
+        """(Re)computes exactly :attr:`derived_from_frozen` from ``backbone``'s current frozen
+        weights. The backbone calls it when it is built and once ``init_cfg`` has loaded;
+        ``mmvpt.FrozenInitHook`` when ``load_from`` brought other frozen weights."""
 
     def extra_repr(self):
         return f'num_layers={self.num_layers}, embed_dim={self.embed_dim}'

@@ -13,6 +13,16 @@ from .base import (PromptMethod, check_choices, check_dropout, check_positive, v
 INSERT_POSITIONS = (1, 2, 3, 4, 5)
 CA_INITS = ('shared', 'random')
 PROMPT_INITS = ('xavier', 'vpt')
+# Prompts / lr per VTAB-1k task; prompts / lr / wd / batch per FGVC task (the CVPT paper).
+CVPT_VTAB = dict(
+    cifar=(10, 1e-3), caltech101=(200, 1e-3), dtd=(10, 1e-3), oxford_flowers102=(5, 2e-3),
+    oxford_iiit_pet=(5, 1e-3), svhn=(5, 1e-2), sun397=(10, 2e-3), patch_camelyon=(1, 1e-2),
+    eurosat=(5, 5e-3), resisc45=(10, 5e-3), diabetic_retinopathy=(5, 5e-3),
+    clevr_count=(20, 1e-3), clevr_dist=(50, 1e-3), dmlab=(200, 2e-3), kitti=(20, 5e-3),
+    dsprites_loc=(20, 5e-3), dsprites_ori=(5, 5e-3), smallnorb_azi=(50, 5e-3),
+    smallnorb_ele=(50, 1e-3))
+CVPT_FGVC = dict(cub=(5, 5e-4, 0.05, 32), cars=(100, 2e-3, 0.05, 16), dogs=(10, 2e-4, 1e-5, 16),
+                 flowers=(5, 1e-3, 0.05, 16), nabirds=(200, 2e-4, 1e-5, 16))
 
 
 @MODELS.register_module()
@@ -39,15 +49,35 @@ class CVPT(PromptMethod):
             freshly initialised attention.
         ca_trainable: train the cross-attention. With ``ca_init='shared'`` and False
             (default) the block's frozen tensors are used directly: no extra parameters.
-            Otherwise each block gets its own copy, filled from the self-attention after
-            the pretrained weights load (``bind_backbone``).
+            Otherwise each block gets its own copy; with ``ca_init='shared'`` the copies
+            are derived from the frozen self-attention (``derive_from_frozen``).
     """
     display_name = 'CVPT'
     #: tools/protocol.py: the paper fixes prompts and lr per task (FGVC: also wd and batch),
     #: which the configs carry; 5 seeds of them
     protocol = fixed_recipe("CVPT's per-task recipe",
                             'CVPT (ICCV 2025) §4.1 and its per-task tables')
+    config_folder = 'cvpt'
+    table_order = 30
+    benchmark_rows = {
+        'cvpt': (', batch dropout', dict(dropout_mode='batch')),
+        'cvpt_sample': (', sample dropout', dict(dropout_mode='sample'))}
+    # folded into the prompt side on CPU for few prompts (2), not for many (12)
+    tiny_settings = {'cvpt_folded': dict(num_tokens=2),
+                     'cvpt_plain': dict(num_tokens=12, ca_trainable=True)}
+
+    @classmethod
+    def config_recipe(cls, benchmark, task):
+        if benchmark == 'vtab':
+            tokens, lr = CVPT_VTAB[task]
+            return dict(prompt=dict(num_tokens=tokens), loader=dict(batch_size=32),
+                        optimizer=dict(lr=lr), note=f'{tokens} prompts, lr {lr:g} (CVPT paper).')
+        tokens, lr, wd, batch = CVPT_FGVC[task]
+        return dict(prompt=dict(num_tokens=tokens), loader=dict(batch_size=batch),
+                    optimizer=dict(lr=lr, weight_decay=wd),
+                    note=f'{tokens} prompts, lr {lr:g}, wd {wd:g}, batch {batch} (CVPT paper).')
     per_layer = ('prompts', )
+    derived_from_frozen = ('cross_attn', )
 
     def __init__(self, num_tokens=10, insert=3, dropout=0.1, dropout_mode='sample',
                  init='xavier', ca_init='shared', ca_trainable=False, **backbone):
@@ -74,19 +104,20 @@ class CVPT(PromptMethod):
                 Attention(dim, heads, qkv_bias=self.qkv_bias)
                 for dim, heads in zip(self.layer_dims, self.layer_heads))
             self.cross_attn.requires_grad_(ca_trainable)
+        if self.cross_attn is None or ca_init != 'shared':
+            self.derived_from_frozen = ()  # the frozen blocks' own, or a random init
 
     @property
     def owns_cross_attention(self):
         return self.ca_init != 'shared' or self.ca_trainable
 
-    def bind_backbone(self, blocks):
+    def derive_from_frozen(self, backbone):
         """Copies each block's self-attention weights into its own cross-attention
-        (``ca_init='shared'`` with ``ca_trainable=True``); to be called once the
-        pretrained weights are loaded."""
-        if self.cross_attn is None or self.ca_init != 'shared':
+        (``ca_init='shared'`` with ``ca_trainable=True``)."""
+        if not self.derived_from_frozen:
             return
         with torch.no_grad():
-            for ca, block in zip(self.cross_attn, blocks):
+            for ca, block in zip(self.cross_attn, backbone.blocks):
                 if type(ca) is type(block.attn):
                     ca.load_state_dict(block.attn.state_dict())
                 else:  # Swin's window attention: the projections (no position bias)

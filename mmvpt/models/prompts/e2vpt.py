@@ -16,6 +16,13 @@ def _no_init(tensor, dim):
 PRUNE_MODES = ('remove', 'mask')
 SEGMENT_LAYOUTS = ('contiguous', 'interleaved')
 KV_LOCATIONS = ('before', 'after')
+# Visual / key-value prompt lengths per task (the E²VPT paper).
+E2VPT_VTAB = dict(caltech101=(32, 5), cifar=(5, 5), oxford_flowers102=(1, 1),
+                  patch_camelyon=(10, 10), dsprites_loc=(5, 5), dsprites_ori=(5, 5))
+E2VPT_VTAB_DEFAULT = (10, 5)
+E2VPT_FGVC = (5, 5)
+# E²VPT's Swin batch (the E²VPT paper), with VPT's lr scaling (base 2.5 x batch / 256).
+E2VPT_SWIN_BATCH = 80
 
 
 class E2VPTContext(ForwardContext):
@@ -79,6 +86,27 @@ class E2VPT(PromptMethod):
             search_options={'model.backbone.prompt.learn_masks': True},
             before_final=[dict(type='prune')]),
         options={'train_cfg.max_epochs': 100}, drop_hooks=('mmvpt.PromptPruningHook', ))
+    config_folder = 'e2vpt'
+    table_order = 20
+    benchmark_rows = {'e2vpt': (' (KV 10)', dict(num_kv_tokens=10))}
+    # 'e2vpt_pruned' is meant to be pruned by the test ('mask' mode, KV after, separate V)
+    tiny_settings = {
+        'e2vpt': dict(num_tokens=4, num_kv_tokens=2, num_segments=4),
+        'e2vpt_pruned': dict(num_tokens=4, num_kv_tokens=2, num_segments=4, share_kv=False,
+                             kv_location='after', prune_mode='mask')}
+    swin_config = dict(
+        backbone='swin_b',
+        comments=(f'E2VPT: batch {E2VPT_SWIN_BATCH} on Swin (E2VPT paper), lr 2.5 x batch / 256; '
+                  'pruning reaches the first stage only.', ),
+        lines=(f'train_dataloader = dict(batch_size={E2VPT_SWIN_BATCH})',
+               f'optim_wrapper = dict(optimizer=dict(lr={2.5 * E2VPT_SWIN_BATCH / 256!r}))'))
+
+    @classmethod
+    def config_recipe(cls, benchmark, task):
+        visual, kv = (E2VPT_VTAB.get(task, E2VPT_VTAB_DEFAULT) if benchmark == 'vtab'
+                      else E2VPT_FGVC)
+        return dict(prompt=dict(num_tokens=visual, num_kv_tokens=kv),
+                    note=f'{visual} visual / {kv} key-value prompts (E2VPT paper).')
     per_layer = ('prompts', 'kv_prompts', 'v_prompts')
 
     def __init__(self, num_tokens=10, num_kv_tokens=5, share_kv=True, kv_location='before',

@@ -15,6 +15,14 @@ from .base import (PromptMethod, check_choices, check_dropout, check_positive, u
 
 DA_INITS = ('identity', 'zeros')
 AR_INITS = ('vpt', 'zeros')
+# N (CDC prompts) / k (AR prompts) per task, the iVPT paper's Tables 15-16.
+IVPT_VTAB = dict(
+    cifar=(10, 10), caltech101=(10, 5), dtd=(10, 10), oxford_flowers102=(10, 50),
+    oxford_iiit_pet=(10, 20), svhn=(50, 20), sun397=(5, 1), patch_camelyon=(30, 30),
+    eurosat=(50, 5), resisc45=(10, 50), diabetic_retinopathy=(30, 30), clevr_count=(100, 50),
+    clevr_dist=(50, 100), dmlab=(10, 10), kitti=(50, 10), dsprites_loc=(10, 1),
+    dsprites_ori=(50, 1), smallnorb_azi=(50, 10), smallnorb_ele=(200, 1))
+IVPT_FGVC = dict(cub=(10, 1), nabirds=(50, 10), flowers=(5, 10), dogs=(10, 10), cars=(10, 10))
 
 
 @MODELS.register_module()
@@ -48,6 +56,29 @@ class IVPT(PromptMethod):
     #: per task but no lr or wd: VPT's grid for those, N and k from the configs
     protocol = vpt_protocol("VPT's (iVPT follows VPT)", source=(
         'iVPT §4.1 (Implementation Details) and appendix C, Tables 15-16; ' + VPT_SOURCE))
+    config_folder = 'ivpt'
+    table_order = 40
+    benchmark_rows = {'ivpt': (' (k=10)', dict(num_ar_tokens=10))}
+    tiny_settings = {'ivpt': dict(num_tokens=3, num_ar_tokens=2)}
+    swin_config = dict(backbone='swin_b_without_ar', comments=(
+        'iVPT: no attentive reinforcement, which needs a CLS token (Swin has none).', ), lines=())
+
+    @classmethod
+    def backbone_options(cls, backbone):
+        # attentive reinforcement follows the CLS token's attention; Swin has no CLS token
+        return dict(num_ar_tokens=0) if backbone == 'swin' else {}
+
+    @classmethod
+    def benchmark_row(cls, name, backbone):
+        suffix, options = super().benchmark_row(name, backbone)
+        return (' (no AR)' if backbone == 'swin' else suffix), options
+
+    @classmethod
+    def config_recipe(cls, benchmark, task):
+        tokens, ar = (IVPT_VTAB if benchmark == 'vtab' else IVPT_FGVC)[task]
+        return dict(prompt=dict(num_tokens=tokens, num_ar_tokens=ar),
+                    pipelines=('ivpt_train_pipeline', 'ivpt_test_pipeline'),
+                    note=f'N = {tokens} CDC prompts, k = {ar} AR prompts (iVPT paper).')
     per_layer = ('ar_prompts', )
 
     def __init__(self, num_tokens=10, num_ar_tokens=10, dynamic_aggregation=True,
@@ -113,7 +144,7 @@ class IVPT(PromptMethod):
         B, _, D = x.shape
         k = self.num_ar_tokens
         top = cls_attention.topk(k, dim=-1).indices  # (B, k), descending
-        report_probe('reinforced', method=self, layer=layer, indices=top)
+        report_probe(self, 'reinforced', method=self, layer=layer, indices=top)
         vectors = ctx.per_sample(ctx.at('ar_prompts', layer))  # (1|B, k, D)
         # one out-of-place scatter into the whole sequence: a single copy of x
         index = (top + image_start).unsqueeze(-1).expand(B, k, D)

@@ -8,8 +8,6 @@ Analysis tools read what these functions compute through :func:`probe_attention`
 probe is open, each call also forms its attention probabilities from the very queries and
 keys it attends with and hands them over. Without a probe nothing extra is computed.
 """
-import weakref
-from contextlib import contextmanager
 from functools import partial
 from typing import NamedTuple, Optional
 
@@ -19,12 +17,9 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition, window_reverse
 
 _IDENTITY = nn.Identity()
-_PROBES = []
-
-
-@contextmanager
-def probe_attention(callback):
-    """Calls ``callback(kind, record)`` for every attention computed inside the block:
+class AttentionProbe:
+    """Calls ``callback(kind, record)`` for every attention ``model`` computes while the probe
+    is open (``with probe_attention(model, callback):``):
 
     - ``'self'`` (:func:`self_attention`): ``attn`` (the module), ``probs`` (B, H, N, K)
       over the keys [``num_before`` extra, the N tokens, ``num_after`` extra], ``output``
@@ -33,18 +28,40 @@ def probe_attention(callback):
       prompts, ``output`` (B, N, C);
     - ``'reinforced'`` (iVPT): ``method``, ``layer``, ``indices`` (B, k) image tokens.
 
-    Probabilities are formed without a graph; records hold tensors of this forward only.
+    Probabilities are formed without a graph; records hold tensors of this forward only. The
+    probe is an object its user holds: while open, it is listed on the model's own modules
+    (their ``attention_probes``), so another model, or the same code in another thread of
+    work, is not probed.
     """
-    _PROBES.append(callback)
-    try:
-        yield
-    finally:
-        _PROBES.remove(callback)
+
+    def __init__(self, model, callback):
+        self.model = model
+        self.callback = callback
+
+    def __enter__(self):
+        for module in self.model.modules():
+            module.attention_probes = (*getattr(module, 'attention_probes', ()), self.callback)
+        return self
+
+    def __exit__(self, *exc_info):
+        for module in self.model.modules():
+            probes = tuple(p for p in getattr(module, 'attention_probes', ())
+                           if p is not self.callback)
+            if probes:
+                module.attention_probes = probes
+            elif 'attention_probes' in module.__dict__:
+                del module.attention_probes
 
 
-def report_probe(kind, **record):
-    """Hands ``record`` to the open probes (nothing happens without one)."""
-    for callback in list(_PROBES):
+def probe_attention(model, callback):
+    """An :class:`AttentionProbe` of ``model`` to open with ``with``."""
+    return AttentionProbe(model, callback)
+
+
+def report_probe(owner, kind, **record):
+    """Hands ``record`` to the probes open on the module ``owner`` (nothing happens without
+    one)."""
+    for callback in getattr(owner, 'attention_probes', ()):
         callback(kind, record)
 
 
@@ -165,8 +182,8 @@ def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=Fals
             row = _probabilities(q[:, :, :1], k, attn.scale, mask).mean(1)[:, 0]
     out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)
     out = attn.proj_drop(run_op(op, 'proj', attn.proj, attn.norm(out)))
-    if _PROBES:
-        report_probe('self', attn=attn, probs=_probabilities(q, k, attn.scale, mask), output=out.detach(),
+    if getattr(attn, 'attention_probes', None):
+        report_probe(attn, 'self', attn=attn, probs=_probabilities(q, k, attn.scale, mask), output=out.detach(),
                      num_before=num_keys(before), num_after=num_keys(after))
     return out, row
 
@@ -233,8 +250,9 @@ def cross_attention(attn, x, prompts):
     out = F.scaled_dot_product_attention(q, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
     out = out.transpose(1, 2).reshape(B, N, width)
     out = attn.proj(_part(attn, 'norm')(out))
-    if _PROBES:
-        report_probe('cross', attn=attn, probs=_probabilities(q, k, attn.scale), output=out.detach())
+    if getattr(attn, 'attention_probes', None):
+        report_probe(attn, 'cross', attn=attn, probs=_probabilities(q, k, attn.scale),
+                     output=out.detach())
     return out
 
 
@@ -276,22 +294,24 @@ def _folded_cross_attention(attn, x, prompts):
     out = torch.matmul(probs, values_out)
     if attn.proj.bias is not None:
         out = out + attn.proj.bias
-    if _PROBES:
-        report_probe('cross', attn=attn, probs=probs.detach().float().view(B, N, heads, P).transpose(1, 2),
+    if getattr(attn, 'attention_probes', None):
+        report_probe(attn, 'cross', attn=attn,
+                     probs=probs.detach().float().view(B, N, heads, P).transpose(1, 2),
                      output=out.detach())
     return out
 
 
-# Shifted-window masks per Swin block, by input size, device and dtype. timm's blocks with
-# dynamic_mask (PromptedSwin's: any input size) rebuild theirs every forward, though they
-# depend on the sizes only, never on parameters. Weak keys: a block's masks go with it.
-_SHIFT_MASKS = weakref.WeakKeyDictionary()
-_SHIFT_MASKS_PER_BLOCK = 8  # input sizes can vary (whole-image test): keep the latest few
+# Shifted-window masks of a Swin block, by input size, device and dtype, kept on the block
+# itself (its ``shift_masks`` attribute: each model, and each copy, has its own). timm's
+# blocks with dynamic_mask (PromptedSwin's: any input size) rebuild theirs every forward,
+# though they depend on the sizes only, never on parameters.
+SHIFT_MASKS_PER_BLOCK = 8  # input sizes can vary (whole-image test): keep the latest few
 
 
 def _shift_mask(block, shifted):
     """The block's (nW, N, N) shifted-window mask (0 / -100) for the padded, shifted
-    (B, Hp, Wp, C) map, or None for a block without shift; built once per size."""
+    (B, Hp, Wp, C) map, or None for a block without shift; built once per size and kept in
+    ``block.shift_masks``."""
     if not getattr(block, 'dynamic_mask', False):
         return block.attn_mask
     if not any(block.shift_size):
@@ -300,14 +320,16 @@ def _shift_mask(block, shifted):
         return block.get_attn_mask(shifted)
     key = (shifted.shape[1], shifted.shape[2], shifted.device, shifted.dtype,
            tuple(block.window_size), tuple(block.shift_size))
-    masks = _SHIFT_MASKS.setdefault(block, {})
+    masks = getattr(block, 'shift_masks', None)
+    if masks is None:
+        masks = block.shift_masks = {}  # a plain attribute: not a buffer, never saved
     mask = masks.pop(key, None)
     if mask is None:
         # Not an inference tensor even if first built under inference_mode: later training
         # steps use it too.
         with torch.inference_mode(False), torch.no_grad():
             mask = block.get_attn_mask(shifted)
-        if len(masks) >= _SHIFT_MASKS_PER_BLOCK:
+        if len(masks) >= SHIFT_MASKS_PER_BLOCK:
             masks.pop(next(iter(masks)))  # the least recently used
     masks[key] = mask  # (re)inserted last: the most recently used
     return mask

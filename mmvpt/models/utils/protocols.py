@@ -23,8 +23,9 @@ Stages, in order:
   first in run order. ``scale_lr``: the lrs are base values x total batch / 256.
 - ``dict(type='prune', token_fractions=(...), piece_fractions=(...), min_tokens=1,
   min_pieces=4)``: E²VPT's pruning with rewinding (before pruning, importance, rewind).
-- ``dict(type='final', seeds=(...))``: trains with what the stages before chose (else the
-  config's values) on the final train split once per seed and tests each.
+- ``dict(type='final', seeds=(...), train_split=None)``: trains with what the stages before
+  chose (else the config's values) on the final train split (None: the benchmark's:
+  train800val200, FGVC train) once per seed and tests each.
 """
 
 # VPT's search (KMnP/vpt: tune_vtab.py and tune_fgvc.py, get_lrwd_range / prompt_main): base
@@ -65,10 +66,11 @@ def vpt_protocol(name, source=VPT_SOURCE, before_final=(), note=None, search_opt
                       *before_final, final])
 
 
-def fixed_recipe(name, source, seeds=VPT_SEEDS):
+def fixed_recipe(name, source, seeds=VPT_SEEDS, train_split=None):
     """A recipe its source fixes (lr, wd, batch, ...): the config's values, trained once per
-    seed (VPT's 5) and tested."""
-    return dict(name=name, source=source, stages=[dict(type='final', seeds=seeds)])
+    seed (VPT's 5) on ``train_split`` (None: the benchmark's final split) and tested."""
+    return dict(name=name, source=source,
+                stages=[dict(type='final', seeds=seeds, train_split=train_split)])
 
 
 def adamw_grid(name, note):

@@ -1,0 +1,4 @@
+# DoRA on FGVC cub with Swin-B ImageNet-22k; the recipe of the ViT-B config.
+_base_ = ['./vit-b16_fgvc-cub.py', '../_base_/models/swin-b.py']
+
+model = dict(backbone={{_base_.swin_b}}, head=dict(in_channels=1024))
