@@ -270,8 +270,9 @@ def test_declarations_are_adapter_pluss_own():
     assert (AdapterPlus.config_folder, AdapterPlus.table_order) == ('adapter_plus', 85)
     assert AdapterPlus.benchmark_rows == {'adapter_plus': (' (8)', dict(bottleneck=8))}
     assert set(AdapterPlus.protocol) == {'vtab', 'fgvc'}
-    for protocol in AdapterPlus.protocol.values():
-        assert protocol['stages'] == [dict(type='final', seeds=(18, 45, 25))]
+    for benchmark, split in (('vtab', None), ('fgvc', 'trainval')):  # data/fgvc.py: train + val
+        protocol = AdapterPlus.protocol[benchmark]
+        assert protocol['stages'] == [dict(type='final', seeds=(18, 45, 25), train_split=split)]
         assert protocol['source'].startswith('visinf/adapter_plus conf/experiment/')
     for task in VTAB_OPT_WIDTHS:
         recipe = AdapterPlus.config_recipe('vtab', task)

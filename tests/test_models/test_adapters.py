@@ -20,6 +20,7 @@ ADAPTERS = {
     'lora_qv': dict(type='mmvpt.LoRA', rank=4, alpha=8),
     'lora_all': dict(type='mmvpt.LoRA', rank=2, targets=('qkv', 'proj', 'fc1', 'fc2')),
     'lora_k': dict(type='mmvpt.LoRA', rank=3, targets=('k', 'fc2')),
+    'dora': dict(type='mmvpt.DoRA', rank=2, targets=('q', 'v', 'fc1')),
     'ssf': dict(type='mmvpt.SSF'),
     'bitfit': dict(type='mmvpt.BitFit'),
     'bitfit_tables': dict(type='mmvpt.BitFit', position_bias=True),
@@ -210,7 +211,8 @@ def test_patch_merging_taken_apart_equals_timms(size):
     assert seen == ['merge_norm']
 
 
-@pytest.mark.parametrize('name', [n for n in ADAPTERS if n not in SWIN_ONLY])
+# DoRA's re-statement is Hugging Face peft's (test_dora.py)
+@pytest.mark.parametrize('name', [n for n in ADAPTERS if n not in (*SWIN_ONLY, 'dora')])
 def test_vit_equals_the_re_statement(name):
     model = randomised('vit', name)
     img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -381,8 +383,8 @@ def test_bitfit_position_bias_on_a_vit_says_it_has_no_tables():
         build(dict(type='mmvpt.BitFit', position_bias=True))
 
 
-@pytest.mark.parametrize('backbone, name', on_both(['lora_qv', 'ssf', 'bitfit', 'bitfit_tables', 'adaptformer',
-                                                    'adapter_houlsby']))
+@pytest.mark.parametrize('backbone, name', on_both(['lora_qv', 'dora', 'ssf', 'bitfit', 'bitfit_tables',
+                                                    'adaptformer', 'adapter_houlsby']))
 def test_stacked_tasks_give_each_sample_its_own_tasks_output(backbone, name):
     models = [randomised(backbone, name, seed) for seed in range(3)]
     for other in models[1:]:

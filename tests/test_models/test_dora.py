@@ -1,7 +1,7 @@
 """DoRA on the prompted backbones: equal to Hugging Face peft's ``LoraConfig(use_dora=True)``
 on the same timm ViT (outputs and every gradient, float64), its magnitudes derived from the
 frozen weights by every route they arrive by and never over trained ones, merged into the
-frozen weights, and served stacked with other tasks."""
+frozen weights (served stacked with other tasks: test_adapters.py)."""
 import os.path as osp
 import uuid
 from types import SimpleNamespace
@@ -276,21 +276,3 @@ def test_merged_weights_compute_dora_in_a_plain_timm_model(backbone):
         features = timm_model.forward_features(img)
         pooled = features[:, 0] if backbone == 'vit' else features.mean(dim=(1, 2))
         torch.testing.assert_close(pooled, adapted, rtol=0, atol=1e-10)
-
-
-@pytest.mark.parametrize('backbone', sorted(BACKBONES))
-def test_stacked_tasks_give_each_sample_its_own_tasks_output(backbone):
-    models = [randomised(backbone, seed) for seed in range(3)]
-    for other in models[1:]:
-        other.timm_model.load_state_dict(models[0].timm_model.state_dict())
-    img = torch.randn(5, 3, 32, 32, dtype=torch.float64)
-    with torch.no_grad():
-        own = [m(img)[0] for m in models]
-        served = models[0]
-        served.prompt = served.prompt.stacked({f't{i}': m.prompt.state_dict()
-                                               for i, m in enumerate(models)})
-        tasks = torch.tensor([2, 0, 1, 1, 2])
-        mixed = served(img, tasks=tasks)[0]
-    assert (own[1] - own[2]).abs().max() > 1e-3
-    for row, task in enumerate(tasks.tolist()):
-        torch.testing.assert_close(mixed[row], own[task][row], rtol=0, atol=1e-10)

@@ -63,6 +63,9 @@ OFFICIAL_COUNTS = [
     ('lora/vit-b16_fgvc-cub.py', '24 + 5 = 29 trainings'),
     ('bitfit/vit-b16_vtab-dtd.py', '24 + 5 = 29 trainings'),
     ('adaptformer/vit-b16_fgvc-cub.py', '24 + 5 = 29 trainings'),
+    ('dora/vit-b16_vtab-dtd.py', '24 + 5 = 29 trainings'),
+    # Adapter+: its authors' recipe and three seeds
+    ('adapter_plus/vit-b16_vtab-dtd.py', ': 3 trainings'),
 ]
 
 
@@ -205,3 +208,11 @@ def test_scoring_runs_through_every_launcher(capsys, tmp_path):
         assert re.search(expected, score), score
         assert f'--out {tmp_path}/work/importance/scores.json' in score
         assert f'--work-dir {tmp_path}/work/importance ' in score
+
+
+def test_adapter_plus_runs_its_authors_seeds_and_splits(capsys, tmp_path):
+    out, _ = plan(capsys, 'adapter_plus/vit-b16_fgvc-cub.py', tmp_path)
+    assert 'seeds 18 45 25' in out and 'train on trainval (no validation)' in out
+    lines = commands(out)
+    assert len(lines) == 6 and all('randomness.seed=' in line for line in lines)
+    assert 'train_dataloader.dataset.split=trainval ' in lines[0]
