@@ -17,7 +17,8 @@ from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmvpt', locations=['mmvpt.models'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmvpt', locations=['mmvpt.engine'])
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmvpt', locations=['mmvpt.datasets'])
+DATASETS = Registry(
+    'dataset', parent=MMENGINE_DATASETS, scope='mmvpt', locations=['mmvpt.datasets'])
 TRANSFORMS = Registry(
     'transform', parent=MMENGINE_TRANSFORMS, scope='mmvpt', locations=['mmvpt.datasets'])
 OPTIM_WRAPPERS = Registry(

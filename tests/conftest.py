@@ -48,7 +48,8 @@ def starts_a_tool(args):
         return False
     program = argv[0]
     name = osp.basename(program)
-    return (program == sys.executable or name.startswith('python') or name in ('bash', 'sh', 'torchrun')
+    return (program == sys.executable or name.startswith('python')
+            or name in ('bash', 'sh', 'torchrun')
             or os.sep in program and osp.realpath(program).startswith(ROOT + os.sep))
 
 
@@ -104,7 +105,8 @@ def run_tool(*args, check=True, timeout=600):
     """Runs ``python tools/<args>`` (or a shell script under tools/) in a fresh process (in a
     test marked ``tools``)."""
     script = osp.join(ROOT, 'tools', args[0])
-    cmd = (['bash', script] if script.endswith('.sh') else [sys.executable, script]) + list(args[1:])
+    runner = ['bash', script] if script.endswith('.sh') else [sys.executable, script]
+    cmd = runner + list(args[1:])
     proc = subprocess.run(cmd, cwd=ROOT, env=tool_env(), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
@@ -131,7 +133,8 @@ def tiny_vtab(tmp_path_factory):
 
 def data_options(task_dir):
     """--cfg-options values that point the demo config at ``task_dir``."""
-    return [f'{split}_dataloader.dataset.data_root={task_dir}' for split in ('train', 'val', 'test')]
+    return [f'{split}_dataloader.dataset.data_root={task_dir}'
+            for split in ('train', 'val', 'test')]
 
 
 @pytest.fixture(scope='session')

@@ -18,7 +18,9 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmvpt.testing import make_vtab_task  # noqa: E402
+
 from tools import test as test_tool  # noqa: E402
 from tools import train as train_tool  # noqa: E402
 
@@ -28,7 +30,8 @@ PRUNE_CONFIG = osp.join(ROOT, 'configs/demo/e2vpt_vit-tiny_synthetic.py')
 
 
 def data_options(task_dir):
-    return [f'{split}_dataloader.dataset.data_root={task_dir}' for split in ('train', 'val', 'test')]
+    return [f'{split}_dataloader.dataset.data_root={task_dir}'
+            for split in ('train', 'val', 'test')]
 
 
 def latest_checkpoint(work_dir):

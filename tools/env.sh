@@ -64,7 +64,8 @@ _mmvpt_build_env() {
 # Installed into the test environment: data = tensorflow-datasets & co. for the dataset
 # converters and their tests (requirements/extras/data-tensorflow.txt, TensorFlow for
 # generating the real datasets, is not: 1.3 GB that no test uses); tests = the reference
-# implementations the tests compare with (Hugging Face peft).
+# implementations the tests compare with (Hugging Face peft) and ruff, the linter
+# tools/run_tests.sh runs first.
 _MMVPT_EXTRAS=(data tests)
 
 _mmvpt_extra_stamp() {

@@ -42,6 +42,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvpt.apis.inference import PREDICTIONS, InputError, infer_images  # noqa: E402

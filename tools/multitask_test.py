@@ -34,10 +34,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.apis.multitask_eval import (TASK_FORMAT, MultiTaskTestError,  # noqa: E402
-                                       evaluate_tasks, parse_task)
+from mmvpt.apis.multitask_eval import TASK_FORMAT, MultiTaskTestError, evaluate_tasks, parse_task  # noqa: E402
 
 
 def parse_args(argv=None):

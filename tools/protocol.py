@@ -20,6 +20,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmvpt.protocols import Launch, Overrides, plan_configs, run_protocol  # noqa: E402
 from mmvpt.utils.protocol_results import ProtocolError  # noqa: E402
 

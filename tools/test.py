@@ -15,10 +15,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.utils import (add_frozen_init_hook, add_test_output, apply_tta,  # noqa: E402
-                         finish_distributed, init_distributed, prepare_config, run_cli)
+from mmvpt.utils import (  # noqa: E402
+    add_frozen_init_hook,
+    add_test_output,
+    apply_tta,
+    finish_distributed,
+    init_distributed,
+    prepare_config,
+    run_cli,
+)
 
 
 def parse_args(argv=None):

@@ -10,10 +10,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmengine.config import DictAction  # noqa: E402
 
-from mmvpt.utils import (add_training_hooks, enable_amp, finish_distributed,  # noqa: E402
-                         init_distributed, prepare_config, run_cli)
+from mmvpt.utils import (  # noqa: E402
+    add_training_hooks,
+    enable_amp,
+    finish_distributed,
+    init_distributed,
+    prepare_config,
+    run_cli,
+)
 
 
 def parse_args(argv=None):
@@ -31,7 +38,8 @@ def parse_args(argv=None):
         '--compile', nargs='?', const='inductor', metavar='BACKEND',
         help="torch.compile the train step (MMEngine's compile option; default backend: "
         'inductor). The first iterations are slow while it compiles')
-    parser.add_argument('--no-validate', action='store_true', help='skip validation during training')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='skip validation during training')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value pairs, e.g. model.backbone.prompt.num_tokens=50')

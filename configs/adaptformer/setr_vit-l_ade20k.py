@@ -2,4 +2,5 @@
 # SETR-PUP head.
 _base_ = ['../_base_/setr_vit-l_ade20k.py']
 
-model = dict(backbone=dict(prompt=dict(type='mmvpt.AdaptFormer', bottleneck=64, scale=0.1, dropout=0.1)))
+model = dict(backbone=dict(
+    prompt=dict(type='mmvpt.AdaptFormer', bottleneck=64, scale=0.1, dropout=0.1)))

@@ -1,4 +1,5 @@
-# AdaptFormer on VTAB-1k diabetic_retinopathy with Swin-B ImageNet-22k; the recipe of the ViT-B config.
+# AdaptFormer on VTAB-1k diabetic_retinopathy with Swin-B ImageNet-22k; the recipe of the ViT-B
+# config.
 _base_ = ['./vit-b16_vtab-diabetic_retinopathy.py', '../_base_/models/swin-b.py']
 
 model = dict(backbone={{_base_.swin_b}}, head=dict(in_channels=1024))

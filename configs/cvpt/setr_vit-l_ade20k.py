@@ -2,8 +2,8 @@
 # the frozen self-attention weights; the authors' segmentation code left it random (a bug).
 _base_ = ['../_base_/setr_vit-l_ade20k.py']
 
-model = dict(backbone=dict(prompt=dict(type='mmvpt.CVPT', num_tokens=200, insert=3, dropout=0.1,
-                                       ca_init='shared', ca_trainable=False)))
+model = dict(backbone=dict(prompt=dict(type='mmvpt.CVPT', num_tokens=200, insert='after_attn',
+                                       dropout=0.1, ca_init='shared', ca_trainable=False)))
 custom_hooks = [
     dict(type='mmvpt.ParameterReportHook'),
     dict(type='mmvpt.TunedCheckpointHook'),

@@ -1,5 +1,6 @@
 # DoRA on VTAB-1k oxford_iiit_pet (37 classes).
-# lr 1e-3, wd 1e-4, batch 64: our default (LoRA's NOAH recipe); no source gives a DoRA recipe for VTAB-1k or FGVC.
+# lr 1e-3, wd 1e-4, batch 64: our default (LoRA's NOAH recipe); no source gives a DoRA recipe for
+# VTAB-1k or FGVC.
 _base_ = ['../_base_/methods/dora.py', '../_base_/datasets/vtab1k.py']
 
 task = 'oxford_iiit_pet'

@@ -1,4 +1,5 @@
-# Linear probing on VTAB-1k oxford_iiit_pet with Swin-B ImageNet-22k; the recipe of the ViT-B config.
+# Linear probing on VTAB-1k oxford_iiit_pet with Swin-B ImageNet-22k; the recipe of the ViT-B
+# config.
 _base_ = ['./vit-b16_vtab-oxford_iiit_pet.py', '../_base_/models/swin-b.py']
 
 model = dict(backbone={{_base_.swin_b}}, head=dict(in_channels=1024))

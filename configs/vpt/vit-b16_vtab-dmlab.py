@@ -1,5 +1,6 @@
 # VPT-deep on VTAB-1k dmlab (6 classes).
-# 100 prompts, base lr 1 (x 64 / 256), wd 0.001, batch 64: VPT's own (KMnP/vpt demo.ipynb, "the same from our paper").
+# 100 prompts, base lr 1 (x 64 / 256), wd 0.001, batch 64: VPT's own (KMnP/vpt demo.ipynb, "the same
+# from our paper").
 _base_ = ['../_base_/methods/vpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'dmlab'

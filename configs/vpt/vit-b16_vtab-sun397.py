@@ -1,5 +1,6 @@
 # VPT-deep on VTAB-1k sun397 (397 classes).
-# 5 prompts, base lr 25 (x 128 / 256), wd 0.0001, batch 128: VPT's own (KMnP/vpt demo.ipynb, "the same from our paper").
+# 5 prompts, base lr 25 (x 128 / 256), wd 0.0001, batch 128: VPT's own (KMnP/vpt demo.ipynb, "the
+# same from our paper").
 _base_ = ['../_base_/methods/vpt.py', '../_base_/datasets/vtab1k.py']
 
 task = 'sun397'

@@ -234,7 +234,8 @@ def batch_statistics(backbone, probe, num_image):
                      for name, slices in keys.items()}
             if cross is not None:
                 ca = cross['output'].float()[:, queries]
-                stats['ca_sa_ratio'] = ca.flatten(1).norm(dim=1) / sa[:, queries].flatten(1).norm(dim=1)
+                stats['ca_sa_ratio'] = (ca.flatten(1).norm(dim=1)
+                                        / sa[:, queries].flatten(1).norm(dim=1))
                 stats['ca_entropy'] = _entropy(cross['probs'].float()[:, :, queries]).mean((1, 2))
                 stats['log_num_prompts'] = torch.full((B, ), math.log(cross['probs'].shape[-1]))
             stats['num_queries'] = torch.full((B, ), float(rows.shape[2]))

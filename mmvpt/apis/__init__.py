@@ -1,7 +1,18 @@
-from mmvpt.utils.launch import (SUPPORTED_HOSTS, ConfigError, adapt_to_device,
-                                add_training_hooks, check_mmvpt_types, enable_amp,
-                                finish_distributed, host_of, init_distributed, prepare_config)
-from .inference import infer_images, load_model, merge_checkpoint
+from mmvpt.utils.launch import (
+    SUPPORTED_HOSTS,
+    ConfigError,
+    adapt_to_device,
+    add_training_hooks,
+    check_mmvpt_types,
+    enable_amp,
+    finish_distributed,
+    host_of,
+    init_distributed,
+    prepare_config,
+)
+
+from .checkpoints import merge_checkpoint
+from .inference import infer_images, load_model
 from .multitask import MultiTaskModel
 from .multitask_eval import evaluate_tasks
 

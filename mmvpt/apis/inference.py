@@ -267,8 +267,8 @@ def classify_images(cfg, checkpoint, files, out_dir, topk=5, device='cpu', merge
     """Top-``topk`` classes of every image (mmpretrain's ``ImageClassificationInferencer``):
     ``[{"path", "topk": [{"index", "name", "score"}, ...]}]``, softmax scores, best first.
     ``merge``: the method folded into the frozen weights first."""
-    import numpy as np
     import mmpretrain.utils.progress as mmpretrain_progress
+    import numpy as np
     from mmpretrain.apis import ImageClassificationInferencer
     from mmpretrain.registry import DATASETS
 
@@ -400,30 +400,3 @@ def infer_images(config, checkpoint, inputs, out_dir, topk=5, device=None, cfg_o
     atomic_write(osp.join(out_dir, PREDICTIONS), json.dumps(predictions, indent=1))
     return predictions
 
-
-def merge_checkpoint(config, checkpoint, out, timm_out=None, cfg_options=None):
-    """Loads ``checkpoint`` and folds its method into the frozen weights
-    (:meth:`~mmvpt.models.backbones.base.PromptedBackbone.merge_method`; LoRA, SSF, BitFit),
-    then saves the whole model at ``out`` as an MMEngine checkpoint whose saved config has
-    no method (``model.backbone.prompt=None``, no ``init_cfg``) and, given ``timm_out``, the
-    backbone alone in timm's key names. Returns the method's display name."""
-    import torch
-
-    from mmvpt.models.prompts import display_name
-    for path in (out, timm_out):
-        if path is not None and osp.realpath(path) in (osp.realpath(checkpoint), osp.realpath(config)):
-            raise InputError(f'{path}: would overwrite an input; name another file')
-    model, cfg = load_model(config, checkpoint, cfg_options)
-    name = display_name(model.backbone.prompt)
-    merge_into_weights(model, config)
-    cfg.model.backbone.prompt = None
-    cfg.model.backbone.init_cfg = None  # the merged weights are in the checkpoint
-    meta = dict(cfg=cfg.pretty_text, merged=name)
-    if checkpoint_meta(checkpoint).get('dataset_meta'):
-        meta['dataset_meta'] = checkpoint_meta(checkpoint)['dataset_meta']
-    for path, state in ((out, dict(state_dict=model.state_dict(), meta=meta)),
-                        (timm_out, model.backbone.timm_model.state_dict())):
-        if path is not None:
-            os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-            torch.save(state, path)
-    return name

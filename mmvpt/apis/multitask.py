@@ -96,9 +96,10 @@ class MultiTaskModel(nn.Module):
                     {k[len('backbone.'):]: v for k, v in frozen.items()}, strict=False)
                 backbone.backbone_ready = True
                 return
-        raise RuntimeError('MultiTaskModel: the tasks\' checkpoints hold only tuned tensors and the '
-                           'backbone has no pretrained checkpoint: set model.backbone.init_cfg='
-                           'dict(type=\'Pretrained\', checkpoint=PATH) in the config')
+        raise RuntimeError('MultiTaskModel: the tasks\' checkpoints hold only tuned tensors and '
+                           'the backbone has no pretrained checkpoint: set '
+                           'model.backbone.init_cfg=dict(type=\'Pretrained\', checkpoint=PATH) '
+                           'in the config')
 
     def _check_task(self, name, task):
         """Fails, naming the task and its file, for a checkpoint of another method, backbone
@@ -107,8 +108,10 @@ class MultiTaskModel(nn.Module):
         expected = {} if self.method is None else {'backbone.prompt': type(self.method).__name__}
         saved = saved_prompts(task['meta'])
         has_prompts = any(k.startswith(PROMPT_PREFIX) for k in task['state'])
-        if saved is not None and saved != expected or saved is None and has_prompts != bool(expected):
-            found = saved if saved is not None else ('prompt tensors' if has_prompts else 'no prompts')
+        if (saved is not None and saved != expected
+                or saved is None and has_prompts != bool(expected)):
+            found = (saved if saved is not None
+                     else 'prompt tensors' if has_prompts else 'no prompts')
             raise CheckpointMismatchError(f'{source} was tuned with {found}, but the shared model '
                                           f'runs {expected or "no prompt method"}')
         task_cfg = task['cfg']
@@ -124,7 +127,8 @@ class MultiTaskModel(nn.Module):
                 if key not in EVAL_NEUTRAL_OPTIONS and ours.get(key) != theirs.get(key):
                     raise CheckpointMismatchError(
                         f'{source} was tuned with prompt {key}={theirs.get(key)!r}, the shared '
-                        f'model has {key}={ours.get(key)!r}; tasks stack only with one method setting')
+                        f'model has {key}={ours.get(key)!r}; tasks stack only with one method '
+                        'setting')
         own = self.backbone.state_dict()
         for key, value in _frozen_part(task['state']).items():
             mine = own.get(key[len('backbone.'):])
@@ -134,8 +138,8 @@ class MultiTaskModel(nn.Module):
                     f'({key}): it was fully fine-tuned or tuned on other pretrained weights')
         tuned_neck = [k for k in task['state'] if k.startswith('neck.')]
         if tuned_neck:
-            raise CheckpointMismatchError(f'{source} tunes the neck ({tuned_neck[0]}); only prompts '
-                                          'and heads can be per task')
+            raise CheckpointMismatchError(f'{source} tunes the neck ({tuned_neck[0]}); only '
+                                          'prompts and heads can be per task')
         recorded = getattr(task['state'], '_metadata', {}).get('backbone', {}).get('pretrained')
         ours = self.backbone.pretrained_checkpoint
         if recorded and ours and osp.realpath(recorded) != osp.realpath(ours):
@@ -143,7 +147,8 @@ class MultiTaskModel(nn.Module):
                       f'{ours}', logger='current', level=logging.WARNING)
 
     def _build_head(self, name, task):
-        head_state = {k[len('head.'):]: v for k, v in task['state'].items() if k.startswith('head.')}
+        head_state = {k[len('head.'):]: v for k, v in task['state'].items()
+                      if k.startswith('head.')}
         if task['cfg'] is not None and 'model' in task['cfg']:
             head_cfg = task['cfg'].model.head
         elif self.cfg is not None:
@@ -168,15 +173,18 @@ class MultiTaskModel(nn.Module):
             index = tasks.long()
         else:
             tasks = list(tasks)
-            unknown = sorted({str(t) for t in tasks if isinstance(t, str) and t not in self.task_names})
+            unknown = sorted({str(t) for t in tasks
+                              if isinstance(t, str) and t not in self.task_names})
             if unknown:
                 raise KeyError(f'unknown task(s) {unknown}; this model serves {self.task_names}')
             index = torch.tensor([self.task_names.index(t) if isinstance(t, str) else int(t)
                                   for t in tasks], dtype=torch.long)
-        if index.numel() and not (0 <= int(index.min()) and int(index.max()) < len(self.task_names)):
+        if index.numel() and not (0 <= int(index.min())
+                                  and int(index.max()) < len(self.task_names)):
             raise IndexError(f'task indices must be in [0, {len(self.task_names)})')
         if batch_size is not None and index.numel() != batch_size:
-            raise ValueError(f'{index.numel()} tasks for a batch of {batch_size}: name one per sample')
+            raise ValueError(f'{index.numel()} tasks for a batch of {batch_size}: name one per '
+                             'sample')
         return index.to(self.device)
 
     @property
@@ -209,7 +217,8 @@ class MultiTaskModel(nn.Module):
         results = [None] * images.shape[0]
         for rows, head in self._groups(index):
             samples = None if data_samples is None else [data_samples[r] for r in rows.tolist()]
-            for row, sample in zip(rows.tolist(), head.predict(tuple(f[rows] for f in feats), samples)):
+            predictions = head.predict(tuple(f[rows] for f in feats), samples)
+            for row, sample in zip(rows.tolist(), predictions):
                 results[row] = sample
         return results
 
@@ -235,9 +244,11 @@ def _load_config(config):
 
 def _build_classifier(model_cfg, source):
     model = MODELS.build(model_cfg)
-    if not isinstance(getattr(model, 'backbone', None), PromptedBackbone) or not hasattr(model, 'head'):
-        raise ValueError(f'{source}: MultiTaskModel serves classifiers on an mmvpt prompted backbone '
-                         f'(model.backbone.type mmvpt.PromptedViT / mmvpt.PromptedSwin, a head); '
+    if (not isinstance(getattr(model, 'backbone', None), PromptedBackbone)
+            or not hasattr(model, 'head')):
+        raise ValueError(f'{source}: MultiTaskModel serves classifiers on an mmvpt prompted '
+                         'backbone (model.backbone.type mmvpt.PromptedViT / mmvpt.PromptedSwin, '
+                         'a head); '
                          f'got {type(model).__name__}')
     return model
 
@@ -256,7 +267,8 @@ def _load_task(name, spec):
             cfg = Config.fromstring(meta['cfg'], file_format='.py')
         except Exception as err:  # an old or hand-made checkpoint: shapes are still checked
             print_log(f'MultiTaskModel: task {name!r}: the config saved in {path} does not parse '
-                      f'({err}); checking tensor shapes only', logger='current', level=logging.WARNING)
+                      f'({err}); checking tensor shapes only', logger='current',
+                      level=logging.WARNING)
     return dict(path=path, state=state, meta=meta, cfg=cfg)
 
 
@@ -267,7 +279,8 @@ def _frozen_part(state):
 
 def _method_settings(prompt_cfg):
     """A prompt config as the method builds it: its class name and every option, defaults
-    filled in (so ``insert=3`` spelled out equals it left to the default)."""
+    filled in and spelled as the method keeps them (so ``insert=3`` spelled out equals it left
+    to the default, ``'after_attn'``)."""
     if not prompt_cfg:
         return {}
     options = _plain(prompt_cfg)
@@ -278,7 +291,7 @@ def _method_settings(prompt_cfg):
     settings = {key: param.default for key, param in inspect.signature(method).parameters.items()
                 if param.default is not inspect.Parameter.empty}
     settings.update(options)
-    return dict(type=method.__name__, **settings)
+    return dict(type=method.__name__, **method.canonical_options(settings))
 
 
 def _plain(value):

@@ -38,7 +38,8 @@ def check_tasks(config, tasks):
     names = [name for name, _, _ in tasks]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise MultiTaskTestError(f'--task: the name(s) {", ".join(repeated)} are given more than once')
+        raise MultiTaskTestError(f'--task: the name(s) {", ".join(repeated)} are given more '
+                                 'than once')
     if not osp.isfile(config):
         raise MultiTaskTestError(f'{config}: no such config file')
     for name, checkpoint, test_config in tasks:
@@ -65,7 +66,8 @@ class TaskTestSet:
             if cfg.get(key) is None:
                 raise MultiTaskTestError(f'task {name!r}: {config_path} has no {key}')
         # As the runner does: the top-level data_preprocessor completes the model's.
-        preprocessor = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {})
+        preprocessor = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor')
+                            or {})
         preprocessor.setdefault('type', 'mmpretrain.ClsDataPreprocessor')
         self.preprocessor = MODELS.build(preprocessor).to(device).eval()
         self.loader = Runner.build_dataloader(cfg.test_dataloader)
@@ -116,6 +118,7 @@ def build_multitask_test(config, tasks, cfg_options=None, device=None):
     import torch
 
     from mmvpt.utils.launch import prepare_config
+
     from .multitask import MultiTaskModel
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device == 'cuda' and not torch.cuda.is_available():

@@ -5,6 +5,7 @@ import os.path as osp
 from mmpretrain.datasets import BaseDataset
 
 from mmvpt.registry import DATASETS
+
 from .sample_source import SAMPLE_SOURCE_KEY, SampleSourceMixin, json_key_source
 
 # canonical name: (classes, folder names seen, image root inside the task folder)
@@ -47,7 +48,8 @@ class FGVC(SampleSourceMixin, BaseDataset):
         candidates = [osp.join(data_root, name) for name in folders]
         task_dir = next((c for c in candidates if osp.isdir(c)), None)
         if task_dir is None:
-            raise FileNotFoundError(f'FGVC task folder not found; looked for {", ".join(candidates)}')
+            raise FileNotFoundError('FGVC task folder not found; looked for '
+                                    f'{", ".join(candidates)}')
         self.image_root = default_root if image_root is None else image_root
         kwargs.setdefault('metainfo', dict(classes=[str(i) for i in range(self.num_classes)]))
         super().__init__(ann_file=f'{split}.json', data_root=task_dir, **kwargs)

@@ -5,8 +5,12 @@ loaded (also in a DataLoader worker, whose traceback text PyTorch re-raises in t
 process)."""
 import json
 
-from mmvpt.utils.data_errors import (SAMPLE_SOURCE_KEY, DataError, raise_data_error,
-                                     sample_file_problems)
+from mmvpt.utils.data_errors import (
+    SAMPLE_SOURCE_KEY,
+    DataError,
+    raise_data_error,
+    sample_file_problems,
+)
 
 
 def line_source(path, line_number):

@@ -4,6 +4,7 @@ import os.path as osp
 from mmpretrain.datasets import BaseDataset
 
 from mmvpt.registry import DATASETS
+
 from .sample_source import SAMPLE_SOURCE_KEY, SampleSourceMixin, line_source
 
 # canonical folder: (group, classes, folder aliases seen in other repos)

@@ -25,6 +25,7 @@ from mmengine.dist import all_reduce
 
 from mmvpt.models.prompts.e2vpt import E2VPT
 from mmvpt.models.utils.tuned_state import prompt_methods
+
 from .hooks.tuned_checkpoint_hook import unwrap
 
 #: the official percents 10, 20, ..., 90 as fractions

@@ -19,12 +19,31 @@ import glob
 import os
 import os.path as osp
 
-from mmvpt.utils.protocol_results import (ProtocolError, final_summary, parameter_counts,
-                                          read_json, write_json)
-from .commands import (Launch, Unquoted, array_script, command, execute, format_command,
-                       sbatch_command)
-from .declaration import (BENCHMARKS, axis_key, describe_config, parse_cfg_options,
-                          resolve_protocol, value_name)
+from mmvpt.utils.protocol_results import (
+    ProtocolError,
+    final_summary,
+    parameter_counts,
+    read_json,
+    write_json,
+)
+
+from .commands import (
+    Launch,
+    Unquoted,
+    array_script,
+    command,
+    execute,
+    format_command,
+    sbatch_command,
+)
+from .declaration import (
+    BENCHMARKS,
+    axis_key,
+    describe_config,
+    parse_cfg_options,
+    resolve_protocol,
+    value_name,
+)
 
 __all__ = ['Launch', 'run_protocol', 'plan_configs']
 

@@ -14,11 +14,25 @@ import math
 import os.path as osp
 import shlex
 
-from mmvpt.engine.e2vpt_pruning import (MIN_PIECES, MIN_TOKENS, OFFICIAL_FRACTIONS, best_candidate,
-                                        candidate_counts)
+from mmvpt.engine.e2vpt_pruning import (
+    MIN_PIECES,
+    MIN_TOKENS,
+    OFFICIAL_FRACTIONS,
+    best_candidate,
+    candidate_counts,
+)
 from mmvpt.models.prompts import E2VPT
-from mmvpt.utils.protocol_results import (METRIC, ProtocolError, best_validation, last_checkpoint,
-                                          last_validation, read_json, test_accuracy, write_json)
+from mmvpt.utils.protocol_results import (
+    METRIC,
+    ProtocolError,
+    best_validation,
+    last_checkpoint,
+    last_validation,
+    read_json,
+    test_accuracy,
+    write_json,
+)
+
 from .commands import Unquoted
 from .declaration import SCORES, axis_key, axis_label, check_fractions, value_name
 

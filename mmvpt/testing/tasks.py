@@ -29,7 +29,8 @@ def write_random_tasks(backbone, count, folder, num_classes=100, seed=0):
     generator = torch.Generator().manual_seed(seed)
     tasks = {}
     for index in range(count):
-        state = {k: v + 0.02 * torch.randn(v.shape, generator=generator) if k in params else v.clone()
+        state = {k: (v + 0.02 * torch.randn(v.shape, generator=generator) if k in params
+                     else v.clone())
                  for k, v in task.state_dict().items() if k.startswith('backbone.prompt.')}
         state['head.fc.weight'] = 0.02 * torch.randn(num_classes, embed_dims, generator=generator)
         state['head.fc.bias'] = torch.zeros(num_classes)

@@ -213,7 +213,8 @@ def add_training_hooks(cfg):
     (same arguments; atomic writes, exact resume), the parameter report and
     :func:`add_frozen_init_hook`'s hook."""
     checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint')
-    if checkpoint is not None and checkpoint.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
+    if checkpoint is not None and checkpoint.get('type') in ('CheckpointHook',
+                                                             'mmengine.CheckpointHook'):
         checkpoint['type'] = 'mmvpt.CheckpointHook'
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(str(h.get('type', '')).endswith('ParameterReportHook') for h in hooks):
@@ -308,6 +309,7 @@ def prepare_config(config_path, cfg_options=None, work_dir=None, launcher='none'
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
     adapt_to_device(cfg, launcher)
     # Bad data (missing or empty images, too few classes) named before training or testing.
-    cfg.setdefault('default_hooks', dict()).setdefault('data_check', dict(type='mmvpt.DataCheckHook'))
+    cfg.setdefault('default_hooks', dict()).setdefault('data_check',
+                                                       dict(type='mmvpt.DataCheckHook'))
     register_checkpoint_loader()
     return cfg

@@ -14,6 +14,7 @@ Whether a checkpoint fits a model is
 import torch
 
 from mmvpt.models.utils.tuned_state import describe_prompts, tuned_state_keys
+
 from .checkpoint_loading import load_local_checkpoint
 
 META_KEY = 'mmvpt'

@@ -23,8 +23,9 @@ def write_config(tmp_path, prompt, hooks, extra=''):
         f"model = dict(backbone=dict(frozen=True, prompt={prompt}))\n"
         f"custom_imports = dict(imports=['mmvpt', 'tests.helpers.snapshot_hook'])\n"
         f"custom_hooks = [{hooks}]\n"
-        "param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1),\n"
-        "                   dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=2)]\n"
+        "param_scheduler = [\n"
+        "    dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1),\n"
+        "    dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=2)]\n"
         "train_cfg = dict(max_epochs=4, val_interval=100)\n"
         "default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=10))\n"
         "randomness = dict(seed=0, deterministic=True)\n" + extra)

@@ -87,20 +87,21 @@ def full_sequence_forward(backbone, img):
             x = torch.cat([x[:, :num_prefix], tokens, x[:, num_prefix + P:]], 1)
             P = tokens.shape[1]
 
-        def cross_attend(position, h):
-            term = method.cross_attend(ctx, index, position, h, blk.attn)
+        def term(where, h):
+            term = method.residual_term(ctx, index, where, h, blk.attn)
             return 0 if term is None else term
-        x = x + cross_attend(1, x)
+        x = x + term('before_attn', x)
         sa, row = self_attention(blk.attn, blk.norm1(x), before, after, None,
                                  method.wants_cls_attention(index))
-        x = x + blk.drop_path1(blk.ls1(sa)) + cross_attend(2, x)
-        x = x + cross_attend(3, x)
-        x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x) + cross_attend(4, x))))
-        x = x + cross_attend(5, x)
+        x = x + blk.drop_path1(blk.ls1(sa)) + term('beside_attn', x)
+        x = x + term('after_attn', x)
+        x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x) + term('mlp_input', x))))
+        x = x + term('after_mlp', x)
         if row is not None:
             image_start = num_prefix + P
             key_start = image_start + num_keys(before)
-            x = method.after_block(ctx, index, x, row[:, key_start:key_start + x.shape[1] - image_start],
+            x = method.after_block(ctx, index, x,
+                                   row[:, key_start:key_start + x.shape[1] - image_start],
                                    image_start)
     x = vit.norm(x)
     return (x[:, 0], )

@@ -90,8 +90,9 @@ def reference_statistics(backbone, images):
                     p_tok = p[:N]
                     p_vis = p[N:N + visual.shape[0]] if visual is not None else p[:0]
                     p_kv = p[N + len(p_vis):]
-                    shares[n, hh] = torch.stack([p_vis.sum() + p_tok[1:1 + carried].sum(), p_kv.sum(),
-                                                 p_tok[0], p_tok[1 + carried:].sum()])
+                    shares[n, hh] = torch.stack([p_vis.sum() + p_tok[1:1 + carried].sum(),
+                                                 p_kv.sum(), p_tok[0],
+                                                 p_tok[1 + carried:].sum()])
                     out = p_tok @ v[:, cols]
                     if visual is not None:
                         out = out + p_vis @ vp[:, cols]
@@ -100,7 +101,8 @@ def reference_statistics(backbone, images):
                     heads_out[n, cols] = out
             sa = linear(heads_out, blk.attn.proj)
             queries = dict(cls=slice(0, 1), image=slice(N - num_image, N), all=slice(0, N))
-            stats = {g: dict(zip(SHARES, shares[s].mean((0, 1)).tolist())) for g, s in queries.items()}
+            stats = {g: dict(zip(SHARES, shares[s].mean((0, 1)).tolist()))
+                     for g, s in queries.items()}
             x = x + sa
             if kind == 'CVPT':
                 prompts = method.prompts[layer].detach().double()
@@ -208,7 +210,8 @@ def tuned(tmp_path_factory, tiny_vtab, sharp_backbone):
         checkpoint = str(tmp / f'{name}.pth')
         if tuned_only:
             save_tuned_checkpoint(checkpoint, model)
-            assert not any(k.startswith('backbone.vit.') for k in load_tuned_checkpoint(checkpoint)[0])
+            assert not any(k.startswith('backbone.vit.')
+                           for k in load_tuned_checkpoint(checkpoint)[0])
         else:
             torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
         out[name] = (config, checkpoint, model)
@@ -242,7 +245,8 @@ def assert_png(path, size):
 def test_attention_share_tool_equals_the_plain_restatement(tuned, tiny_vtab, tmp_path):
     names = ['vpt', 'e2vpt', 'cvpt', 'cvpt_wide', 'linear']
     config, checkpoint, _ = tuned['vpt']
-    compare = [':'.join(tuned[n][:2]) + (f':{MODELS_UNDER_TEST[n][2]}' if MODELS_UNDER_TEST[n][2] else '')
+    compare = [':'.join(tuned[n][:2])
+               + (f':{MODELS_UNDER_TEST[n][2]}' if MODELS_UNDER_TEST[n][2] else '')
                for n in names[1:]]
     out = tmp_path / 'share'
     # two batches of 4 + 2 images: the means are over images, not batches
@@ -298,7 +302,8 @@ def test_measure_models_labels_and_rows(tuned, tmp_path):
     for a, b in zip(models['VPT-deep P=4 (vpt)'], models['VPT-deep P=4 (other)']):
         assert a['share_prompt'] == pytest.approx(b['share_prompt'], abs=1e-6)
     assert attention.unique_labels([('x', 'd', 'a.pth'), ('x', 'd', 'b.pth')]) == ['x', 'x #2']
-    with pytest.raises(attention.AnalysisError, match="checkpoint file '/nowhere.pth' does not exist"):
+    with pytest.raises(attention.AnalysisError,
+                       match="checkpoint file '/nowhere.pth' does not exist"):
         attention.measure_models([(config, '/nowhere.pth', None)])
     # the CSV round trip
     attention.write_share_csv(rows, tmp_path / 'rows.csv')
@@ -415,7 +420,8 @@ def test_visualize_attention_tool_writes_one_png_per_image(tuned, tiny_vtab, tmp
     config, checkpoint, _ = tuned['vpt']
     proc = run_tool('analysis/visualize_attention.py', config, checkpoint, paths[0], paths[0],
                     '--out', str(tmp_path / 'vpt'), '--device', 'cpu')
-    written = [line[len('wrote '):] for line in proc.stdout.splitlines() if line.startswith('wrote ')]
+    written = [line[len('wrote '):] for line in proc.stdout.splitlines()
+               if line.startswith('wrote ')]
     assert [osp.basename(p) for p in written] == ['000000.png', '000000_2.png']
     assert sorted(os.listdir(tmp_path / 'vpt')) == ['000000.png', '000000_2.png']
     for path in written:

@@ -11,7 +11,7 @@ import torch
 
 from mmvpt.analysis import benchmark as bench
 
-from tests.conftest import run_tool
+from tests.conftest import ROOT, run_tool
 from tests.helpers.tiny_models import SWIN, VIT, swin_arch, vit_arch
 
 TINY_VIT_CFG = vit_arch(depth=2, num_heads=2)
@@ -54,14 +54,15 @@ def tiny_vit_bytes(embed, depth, patch, img):
     tokens = (img // patch) ** 2 + 1
     block = 2 * embed + 3 * embed * embed + 3 * embed + embed * embed + embed + 2 * embed \
         + 4 * embed * embed + 4 * embed + 4 * embed * embed + embed
-    return 4 * (3 * patch * patch * embed + embed + embed + tokens * embed + depth * block + 2 * embed)
+    return 4 * (3 * patch * patch * embed + embed + embed + tokens * embed + depth * block
+                + 2 * embed)
 
 
 def test_tiny_vit_rows():
     rows, _ = rows_of(TINY_VIT, FAST, methods=['linear', 'none', 'full', 'vpt', 'cvpt'])
     assert [(r['method'], r['name'], r['P']) for r in rows] == [
-        ('linear', 'Linear probing', 0), ('none', 'none (frozen)', 0), ('full', 'Full fine-tuning', 0),
-        ('vpt', 'VPT-deep', 4), ('cvpt', 'CVPT, batch dropout', 4)]
+        ('linear', 'Linear probing', 0), ('none', 'none (frozen)', 0),
+        ('full', 'Full fine-tuning', 0), ('vpt', 'VPT-deep', 4), ('cvpt', 'CVPT, batch dropout', 4)]
     row = by_method(rows)
     linear, none, full, vpt = row['linear', 0], row['none', 0], row['full', 0], row['vpt', 4]
     # what AdamW steps: the head alone, every weight, the prompts and the head
@@ -101,18 +102,22 @@ def test_tiny_swin_rows():
 
 
 def test_adapter_rows():
-    rows, _ = rows_of(TINY_VIT, FAST, methods=['none', 'lora', 'adaptformer', 'adapter', 'ssf', 'bitfit'])
+    rows, _ = rows_of(TINY_VIT, FAST,
+                      methods=['none', 'lora', 'adaptformer', 'adapter', 'ssf', 'bitfit'])
     assert [(r['method'], r['name'], r['P']) for r in rows] == [
-        ('none', 'none (frozen)', 0), ('lora', 'LoRA (r=8, q v)', 0), ('adaptformer', 'AdaptFormer (64)', 0),
-        ('adapter', 'Adapter (8, attn + mlp)', 0), ('ssf', 'SSF', 0), ('bitfit', 'BitFit', 0)]
+        ('none', 'none (frozen)', 0), ('lora', 'LoRA (r=8, q v)', 0),
+        ('adaptformer', 'AdaptFormer (64)', 0), ('adapter', 'Adapter (8, attn + mlp)', 0),
+        ('ssf', 'SSF', 0), ('bitfit', 'BitFit', 0)]
     row = by_method(rows)
     embed, depth = 32, 2
     assert row['lora', 0]['tuned'] == depth * 2 * 2 * 8 * embed + HEAD  # rank 8 on q and v
-    assert row['bitfit', 0]['tuned'] == depth * (2 * embed + 3 * embed + embed + 4 * embed + embed) \
-        + 2 * embed + HEAD  # every bias: norms, qkv, proj, fc1, fc2, patch embedding, final norm
+    # every bias: norms, qkv, proj, fc1, fc2, patch embedding, final norm
+    assert row['bitfit', 0]['tuned'] == \
+        depth * (2 * embed + 3 * embed + embed + 4 * embed + embed) + 2 * embed + HEAD
     assert row['adaptformer', 0]['tuned'] == depth * (2 * 64 * embed + 64 + embed) + HEAD
     # a zero-initialised LoRA, bias or bottleneck adds its own small work to the P=0 step
-    assert all(row[m, 0]['flops'] >= row['none', 0]['flops'] for m in ('lora', 'adaptformer', 'bitfit'))
+    assert all(row[m, 0]['flops'] >= row['none', 0]['flops']
+               for m in ('lora', 'adaptformer', 'bitfit'))
     assert row['adaptformer', 0]['flops'] > row['none', 0]['flops']
 
 
@@ -147,8 +152,9 @@ def test_printed_table_is_the_rows():
     title, header, rule, *lines = proc.stdout.strip().splitlines()
     assert title.startswith('vit_base_patch16_224, 32 px, batch 2, cpu (')
     assert f'threads), fp32, eager, torch {torch.__version__}, arch_cfg' in title
-    assert cells(header) == ['method', 'P', 'tuned params', 'train GFLOPs', 'x P=0', 'step s', 'x P=0',
-                             'x full', 'saved act. MiB', 'x P=0', 'x full', 'with_cp MiB', 'x no cp']
+    assert cells(header) == ['method', 'P', 'tuned params', 'train GFLOPs', 'x P=0', 'step s',
+                             'x P=0', 'x full', 'saved act. MiB', 'x P=0', 'x full', 'with_cp MiB',
+                             'x no cp']
     assert rule.count('|') == len(cells(header)) + 1
     rows, _ = rows_of(TINY_VIT, FAST, methods=['none', 'full', 'vpt'], with_cp=True)
     short = lambda x: f'{x:.0f}' if abs(x) >= 1000 else f'{x:.4g}'  # noqa: E731
@@ -177,7 +183,7 @@ def test_amp_bf16_runs_the_forward_in_bf16(monkeypatch):
             lambda m, i, out: seen.append(out.dtype))
         return model
     real_build = bench.build
-    monkeypatch.setattr(bench, 'build', build)
+    monkeypatch.setattr(bench.timing, 'build', build)  # where measure_rows looks it up
     fp32, _ = rows_of(TINY_VIT, FAST, methods=['none'])
     assert set(seen) == {torch.float32}
     seen.clear()
@@ -235,7 +241,8 @@ def test_profile_step():
     assert vpt['num_ops'] >= none['num_ops'] and vpt['num_outer_ops'] >= none['num_outer_ops']
     assert none['num_kernels'] == vpt['num_kernels'] == 0  # no CUDA here
     # the kernel each attention got: one forward and one backward per block (2), on CPU
-    assert none['attention'] == vpt['attention'] == {CPU_ATTENTION: 2, CPU_ATTENTION + '_backward': 2}
+    assert none['attention'] == vpt['attention'] == {CPU_ATTENTION: 2,
+                                                     CPU_ATTENTION + '_backward': 2}
     assert vpt['sort'] == 'self_cpu_us' and 0 < len(vpt['top']) <= 15
     self_cpu = [cpu for _, _, cpu, _ in vpt['top']]
     assert self_cpu == sorted(self_cpu, reverse=True) and self_cpu[0] > 0
@@ -249,15 +256,16 @@ def test_cli_prints_the_profile_after_the_table():
                     'linear:0', '--profile', 'cvpt:4', '--profile', 'vpt:4')
     out = proc.stdout
     # the reference first: 0 is in --prompts
-    assert out.index('| none (frozen) | 0 | 3,300 |') < out.index('| Linear probing | 0 | 3,300 |') \
+    assert out.index('| none (frozen) | 0 | 3,300 |') \
+        < out.index('| Linear probing | 0 | 3,300 |') \
         < out.index('profile of one train step: Linear probing P=0') \
         < out.index('profile of one train step: CVPT, batch dropout P=4') \
         < out.index('profile of one train step: VPT-deep P=4, vit_base_patch16_224, 32 px, batch 2')
     # the last profile as printed: profile_step's counts, attention kernels and top events
     _, vpt = PROFILES()
     vpt_part = out[out.index('profile of one train step: VPT-deep'):].splitlines()
-    assert vpt_part[1] == (f'{vpt["num_ops"]:,} aten op calls ({vpt["num_outer_ops"]:,} outermost); '
-                           f'top {len(vpt["top"])} by self CPU time:')
+    assert vpt_part[1] == (f'{vpt["num_ops"]:,} aten op calls ({vpt["num_outer_ops"]:,} '
+                           f'outermost); top {len(vpt["top"])} by self CPU time:')
     assert vpt_part[2] == f'attention kernels: {CPU_ATTENTION} x2, {CPU_ATTENTION}_backward x2'
     assert vpt_part[3] == '| event | calls | self CPU ms | self CUDA ms |'
     events = [cells(line) for line in vpt_part[5:] if line.startswith('| ')]
@@ -273,7 +281,8 @@ def test_cli_prints_the_profile_after_the_table():
     (dict(prompts=[0, -1]), '--prompts: counts must be >= 0'),
     (dict(amp='fp8'), '--amp fp8: choose from bf16,fp16'),
     (dict(compile_backend='eager'), '--compile-backend: needs --compile'),
-    (dict(compile=True, compile_backend='no_such_backend'), '--compile-backend no_such_backend: choose'),
+    (dict(compile=True, compile_backend='no_such_backend'),
+     '--compile-backend no_such_backend: choose'),
     (dict(warmup=0), '--warmup: at least 1'),
 ])
 def test_bad_options_are_refused(given, message):
@@ -298,14 +307,15 @@ def test_bad_profile_specs_are_refused(spec, message):
 def test_the_command_line_refuses_bad_options_in_one_line():
     for args, message in ((['--methods', 'vpt,deep'], '--methods deep: choose from'),
                           (['--amp', 'fp8'], "argument --amp: invalid choice: 'fp8'"),
-                          (['--profile', 'foo:1'], "argument --profile: foo:1: unknown method 'foo'")):
+                          (['--profile', 'foo:1'],
+                           "argument --profile: foo:1: unknown method 'foo'")):
         proc = run_tool('analysis/benchmark.py', *args, check=False)
         assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr
 
 
 def test_amp_without_autocast_support_is_refused(monkeypatch):
     """A torch without float16 autocast on CPU says so rather than timing float32."""
-    monkeypatch.setattr(bench, 'autocast_supported', lambda device, amp: False)
+    monkeypatch.setattr(bench.options, 'autocast_supported', lambda device, amp: False)
     with pytest.raises(bench.OptionError, match='--amp fp16: torch '):
         options(amp='fp16', device='cpu')
 
@@ -370,7 +380,8 @@ def test_multitask_table():
 @pytest.mark.parametrize('given, message', [
     (dict(multitask=[0, 4]), '--multitask: task counts must be >= 1'),
     (dict(multitask=[4], methods=['none', 'linear', 'full']), '--multitask: needs a tuning method'),
-    (dict(multitask=[4], prompts=[0], methods=['cvpt', 'vpt']), 'for a prompt method, a prompt count P > 0'),
+    (dict(multitask=[4], prompts=[0], methods=['cvpt', 'vpt']),
+     'for a prompt method, a prompt count P > 0'),
     (dict(multitask=[4], amp='bf16', device='cpu'), '--amp, --compile and --profile do not apply'),
     (dict(multitask=[4], profile=[('vpt', 4)]), '--amp, --compile and --profile do not apply'),
     (dict(cpu_time=True), '--cpu-time: for --multitask on --device cpu'),
@@ -386,8 +397,7 @@ def test_the_gpu_benchmark_script_asks_for_rows_the_benchmark_has():
     cost the lease: every --methods and --profile it passes is accepted here, and its
     eager ViT-B table measures every row (no --methods: the default, every method's rows)."""
     import os.path as osp
-    script = open(osp.join(osp.dirname(bench.__file__), '..', '..', 'tools', 'analysis',
-                           'gpu_benchmark.sh')).read()
+    script = open(osp.join(ROOT, 'tools', 'analysis', 'gpu_benchmark.sh')).read()
     method_lists = [m.split(',') for m in re.findall(r'--methods (\S+)', script)]
     assert len(method_lists) == 2
     for methods in method_lists:

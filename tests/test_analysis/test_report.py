@@ -15,8 +15,13 @@ import sys
 import pytest
 
 from mmvpt.analysis import report
-from mmvpt.utils.protocol_results import (find_summaries, final_summary, method_record,
-                                          prompt_count, read_summary)
+from mmvpt.utils.protocol_results import (
+    final_summary,
+    find_summaries,
+    method_record,
+    prompt_count,
+    read_summary,
+)
 
 from tests.conftest import ROOT, run_tool
 

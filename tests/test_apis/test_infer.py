@@ -21,8 +21,13 @@ from mmvpt.testing import synthetic_image, write_random_vit
 from mmvpt.utils.tuned_checkpoint import load_tuned_checkpoint, save_tuned_checkpoint
 
 from tests.conftest import pretrained_line, run_tool
-from tests.helpers.tiny_models import (SEG_ARCH, model_from_config, scores_of, write_cvpt_config,
-                                       write_tiny_seg_config)
+from tests.helpers.tiny_models import (
+    SEG_ARCH,
+    model_from_config,
+    scores_of,
+    write_cvpt_config,
+    write_tiny_seg_config,
+)
 
 CLASSES = ['ring', 'square', 'stripe', 'dot']
 

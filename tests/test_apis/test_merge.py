@@ -81,12 +81,15 @@ def test_merged_checkpoint_scores_as_the_tuned_one(tmp_path, demo_backbone, meth
 def test_merge_tool(tmp_path, demo_backbone):
     config, checkpoint = tuned_task(tmp_path, demo_backbone, 'lora')
     proc = run_tool('misc/merge_method.py', config, checkpoint, str(tmp_path / 'merged.pth'))
-    assert 'LoRA merged into the frozen weights' in proc.stdout and osp.isfile(tmp_path / 'merged.pth')
+    assert ('LoRA merged into the frozen weights' in proc.stdout
+            and osp.isfile(tmp_path / 'merged.pth'))
     # a method with a non-linear bottleneck: one line, nothing written
     config, checkpoint = tuned_task(tmp_path, demo_backbone, 'adaptformer')
-    proc = run_tool('misc/merge_method.py', config, checkpoint, str(tmp_path / 'af.pth'), check=False)
+    proc = run_tool('misc/merge_method.py', config, checkpoint, str(tmp_path / 'af.pth'),
+                    check=False)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-    assert 'AdaptFormer cannot be merged into the frozen weights' in proc.stderr.strip().splitlines()[-1]
+    assert 'AdaptFormer cannot be merged into the frozen weights' in \
+        proc.stderr.strip().splitlines()[-1]
     assert not osp.exists(tmp_path / 'af.pth')
     # an output that would overwrite the input is refused
     proc = run_tool('misc/merge_method.py', config, checkpoint, checkpoint, check=False)
@@ -138,10 +141,12 @@ def test_inference_merges_when_asked(tmp_path, demo_backbone, monkeypatch):
     config, checkpoint = tuned_task(tmp_path, demo_backbone, 'ssf')
     image = str(tmp_path / 'x.png')
     Image.fromarray(synthetic_image(1, 4, 32, np.random.default_rng(0))).save(image)
-    tuned, merged = (infer_images(config, checkpoint, [image], str(tmp_path / run), topk=4, device='cpu',
-                                  merge=run == 'merged')[0]['topk'] for run in ('tuned', 'merged'))
+    tuned, merged = (infer_images(config, checkpoint, [image], str(tmp_path / run), topk=4,
+                                  device='cpu', merge=run == 'merged')[0]['topk']
+                     for run in ('tuned', 'merged'))
     assert [t['index'] for t in merged] == [t['index'] for t in tuned]
-    np.testing.assert_allclose([t['score'] for t in merged], [t['score'] for t in tuned], rtol=0, atol=1e-5)
+    np.testing.assert_allclose([t['score'] for t in merged], [t['score'] for t in tuned], rtol=0,
+                               atol=1e-5)
     assert merged_methods == ['SSF']  # once, for the merged run
     config, checkpoint = tuned_task(tmp_path, demo_backbone, 'adaptformer')
     with pytest.raises(InputError, match='--merge: AdaptFormer cannot be merged'):

@@ -10,8 +10,8 @@ from mmengine.runner import load_checkpoint
 
 import mmvpt.models.adapters.dora  # noqa: F401  until the package finds its methods itself
 from mmvpt.apis import MultiTaskModel
-from mmvpt.utils.tuned_checkpoint import save_tuned_checkpoint
 from mmvpt.models.utils.vit_checkpoint import CheckpointMismatchError
+from mmvpt.utils.tuned_checkpoint import save_tuned_checkpoint
 
 from tests.conftest import DEMO_CONFIG, pretrained_line
 from tests.helpers.tiny_models import SWIN, swin_arch
@@ -46,7 +46,8 @@ def write_config(path, pretrained, prompt, num_classes, swin=False):
         backbone.update(_delete_=True, type='mmvpt.PromptedSwin', arch=SWIN,
                         img_size=IMG, arch_cfg=SWIN_ARCH)
         head.update(in_channels=32)
-    path.write_text(f"_base_ = [{DEMO_CONFIG!r}]\nmodel = dict(backbone={backbone!r}, head={head!r})\n"
+    path.write_text(f"_base_ = [{DEMO_CONFIG!r}]\n"
+                    f"model = dict(backbone={backbone!r}, head={head!r})\n"
                     + pretrained_line(pretrained))
     return str(path)
 
@@ -80,13 +81,15 @@ def train_task(config, out, seed, prune=None):
             prunable = mask[method.prunable_layers]
             prunable.copy_((torch.rand(prunable.shape, generator=generator) > prune).float())
     save_tuned_checkpoint(out, model, meta=dict(
-        cfg=cfg.pretty_text, dataset_meta=dict(classes=[f'c{i}' for i in range(cfg.model.head.num_classes)])))
+        cfg=cfg.pretty_text,
+        dataset_meta=dict(classes=[f'c{i}' for i in range(cfg.model.head.num_classes)])))
     return str(out)
 
 
 def held_elements(module):
     """Elements of the distinct tensors a module holds (parameters and buffers)."""
-    return sum({t.data_ptr(): t.numel() for t in (*module.parameters(), *module.buffers())}.values())
+    tensors = (*module.parameters(), *module.buffers())
+    return sum({t.data_ptr(): t.numel() for t in tensors}.values())
 
 
 def own_scores(config, checkpoint, images):
@@ -104,7 +107,8 @@ def make_tasks(tmp_path, pretrained, method, swin=False):
     tasks = {}
     for index, num_classes in enumerate(CLASS_COUNTS):
         config = write_config(tmp_path / f'task{index}.py', pretrained, prompt, num_classes, swin)
-        tasks[f'task{index}'] = (config, train_task(config, tmp_path / f'task{index}.pth', index, prune))
+        tasks[f'task{index}'] = (config, train_task(config, tmp_path / f'task{index}.pth', index,
+                                                    prune))
     return tasks
 
 
@@ -132,7 +136,8 @@ def check_mixed_batches(tasks, shared_config):
             assert scores[row].shape == expected.shape == (CLASS_COUNTS[task], )
             torch.testing.assert_close(scores[row], expected, atol=1e-5, rtol=0)
     # a batch of one task equals the plain single-task forward
-    torch.testing.assert_close(torch.stack(model(images, [1] * 7)), own[names[1]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(model(images, [1] * 7)), own[names[1]], atol=1e-5,
+                               rtol=0)
     return model, own, images
 
 
@@ -149,8 +154,8 @@ def test_each_sample_equals_its_own_task_model(tmp_path, demo_backbone, method):
         assert masks.shape[0] == 3 and not torch.equal(masks[0], masks[1])
 
 
-@pytest.mark.parametrize('method', ['vpt_deep', 'vpt_shallow', 'e2vpt_remove', 'cvpt', 'ivpt', 'lora',
-                                    'dora', 'ssf', 'adaptformer'])
+@pytest.mark.parametrize('method', ['vpt_deep', 'vpt_shallow', 'e2vpt_remove', 'cvpt', 'ivpt',
+                                    'lora', 'dora', 'ssf', 'adaptformer'])
 def test_swin_each_sample_equals_its_own_task_model(tmp_path, tiny_swin, method):
     tasks = make_tasks(tmp_path, tiny_swin, method, swin=True)
     check_mixed_batches(tasks, tasks['task0'][0])
@@ -163,7 +168,8 @@ def test_cvpt_prompt_work_is_per_task(tmp_path, demo_backbone, monkeypatch):
     model = MultiTaskModel(tasks['task0'][0], {n: c for n, (_, c) in tasks.items()})
     rows = []
     project_kv = attention.project_kv
-    monkeypatch.setattr(attention, 'project_kv', lambda attn, t: rows.append(t.shape[0]) or project_kv(attn, t))
+    monkeypatch.setattr(attention, 'project_kv',
+                        lambda attn, t: rows.append(t.shape[0]) or project_kv(attn, t))
     model(torch.randn(8, 3, IMG, IMG), [0, 1, 2, 0, 1, 2, 0, 1])
     depth = len(model.backbone.blocks)
     assert rows == [3] * depth
@@ -178,7 +184,8 @@ def test_stacked_state_and_memory(tmp_path, demo_backbone):
     assert not any(p.requires_grad for p in model.parameters())
     # one backbone: what is not tuned is held once, the tuned tensors once per task
     _, single = build(tasks['task0'][0])
-    tuned = sum(v.numel() for k, v in single.state_dict().items() if k.startswith('backbone.prompt.'))
+    tuned = sum(v.numel() for k, v in single.state_dict().items()
+                if k.startswith('backbone.prompt.'))
     assert held_elements(model) == held_elements(single.backbone) + 2 * tuned + \
         held_elements(model.heads) + held_elements(model.data_preprocessor)
     assert model.classes['task2'] == ['c0', 'c1', 'c2', 'c3']
@@ -196,21 +203,24 @@ def test_checkpoint_of_another_method_or_backbone_is_named(tmp_path, demo_backbo
     cvpt = make_tasks(tmp_path / 'a', demo_backbone, 'cvpt')
     vpt_config = write_config(tmp_path / 'b' / 'vpt.py', demo_backbone, METHODS['vpt_deep'], 3)
     vpt = train_task(vpt_config, tmp_path / 'b' / 'vpt.pth', 0)
-    with pytest.raises(CheckpointMismatchError, match=r"task 'odd' \(.*vpt.pth\) was tuned with .*VPT"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"task 'odd' \(.*vpt.pth\) was tuned with .*VPT"):
         MultiTaskModel(cvpt['task0'][0], {'task0': cvpt['task0'][1], 'odd': vpt})
     # another prompt count of the same method
-    p5_config = write_config(tmp_path / 'b' / 'cvpt5.py', demo_backbone, dict(type='mmvpt.CVPT', num_tokens=5), 3)
+    p5_config = write_config(tmp_path / 'b' / 'cvpt5.py', demo_backbone,
+                             dict(type='mmvpt.CVPT', num_tokens=5), 3)
     p5 = train_task(p5_config, tmp_path / 'b' / 'cvpt5.pth', 0)
     with pytest.raises(CheckpointMismatchError, match=r"task 'p5'.*num_tokens=5"):
         MultiTaskModel(cvpt['task0'][0], {'task0': cvpt['task0'][1], 'p5': p5})
     # the same setting with its defaults spelled out serves with the others
     spelled = write_config(tmp_path / 'b' / 'spelled.py', demo_backbone,
                            dict(type='mmvpt.CVPT', num_tokens=3, insert=3, ca_trainable=False), 3)
-    model = MultiTaskModel(cvpt['task0'][0], {'task0': cvpt['task0'][1],
-                                              'spelled': train_task(spelled, tmp_path / 'b' / 's.pth', 1)})
+    spelled_task = train_task(spelled, tmp_path / 'b' / 's.pth', 1)
+    model = MultiTaskModel(cvpt['task0'][0], {'task0': cvpt['task0'][1], 'spelled': spelled_task})
     assert model.method.num_tasks == 2
     # the shared config's data preprocessor is the one the runner would build
-    assert model.data_preprocessor.mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
+    assert model.data_preprocessor.mean.flatten().tolist() == pytest.approx(
+        [123.675, 116.28, 103.53])
     # another backbone: a full (not tuned-only) checkpoint of a fine-tuned ViT
     _, full = build(DEMO_CONFIG)
     full_ckpt = tmp_path / 'b' / 'full.pth'

@@ -88,7 +88,8 @@ def test_every_config_builds():
 
     def sampled(path):
         method, name = osp.basename(osp.dirname(path)), osp.basename(path)
-        generated = name.startswith(('vit-b16_vtab-', 'vit-b16_fgvc-', 'swin-b_vtab-', 'swin-b_fgvc-'))
+        generated = name.startswith(('vit-b16_vtab-', 'vit-b16_fgvc-', 'swin-b_vtab-',
+                                     'swin-b_fgvc-'))
         return (not generated or name.endswith(('-cifar.py', '-cub.py'))
                 or method in PER_TASK_RECIPES and name.startswith('vit-b16_'))
     for path in filter(sampled, classification):
@@ -106,14 +107,19 @@ def test_recipes_follow_the_papers():
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
     cfg = load('cvpt/vit-b16_fgvc-cars.py')
     assert (cfg.model.backbone.prompt.num_tokens, cfg.train_dataloader.batch_size,
-            cfg.optim_wrapper.optimizer.weight_decay, cfg.model.head.num_classes) == (100, 16, 0.05, 196)
+            cfg.optim_wrapper.optimizer.weight_decay, cfg.model.head.num_classes) == (
+                100, 16, 0.05, 196)
     cfg = load('e2vpt/vit-b16_vtab-caltech101.py')
-    assert (cfg.model.backbone.prompt.num_tokens, cfg.model.backbone.prompt.num_kv_tokens) == (32, 5)
+    assert (cfg.model.backbone.prompt.num_tokens,
+            cfg.model.backbone.prompt.num_kv_tokens) == (32, 5)
     assert cfg.train_cfg.max_epochs == 200
-    assert cfg.custom_hooks[-1].type == 'mmvpt.PromptPruningHook' and cfg.custom_hooks[-1].prune_after == 100
+    assert (cfg.custom_hooks[-1].type == 'mmvpt.PromptPruningHook'
+            and cfg.custom_hooks[-1].prune_after == 100)
     cfg = load('ivpt/vit-b16_vtab-smallnorb_ele.py')
-    assert (cfg.model.backbone.prompt.num_tokens, cfg.model.backbone.prompt.num_ar_tokens) == (200, 1)
-    assert [t.type for t in cfg.train_dataloader.dataset.pipeline][2:4] == ['RandomCrop', 'RandomFlip']
+    assert (cfg.model.backbone.prompt.num_tokens,
+            cfg.model.backbone.prompt.num_ar_tokens) == (200, 1)
+    assert [t.type for t in cfg.train_dataloader.dataset.pipeline][2:4] == ['RandomCrop',
+                                                                            'RandomFlip']
     cfg = load('vpt/vit-b16_vtab-svhn.py')
     assert cfg.optim_wrapper.optimizer.type == 'SGD' and cfg.train_dataloader.batch_size == 64
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['head.fc.bias'].decay_mult == 0
@@ -129,10 +135,12 @@ def test_recipes_follow_the_papers():
     assert (cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay,
             cfg.model.backbone.drop_path_rate) == (1e-2, 5e-5, 0)
     cfg = load('ssf/vit-b16_fgvc-dogs.py')
-    assert (cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay) == (2.5e-4, 0.05)
+    assert (cfg.optim_wrapper.optimizer.lr,
+            cfg.optim_wrapper.optimizer.weight_decay) == (2.5e-4, 0.05)
     cfg = load('lora/vit-b16_vtab-dmlab.py')
     assert (cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay,
-            cfg.train_dataloader.batch_size, cfg.model.backbone.drop_path_rate) == (1e-3, 1e-4, 64, 0.1)
+            cfg.train_dataloader.batch_size, cfg.model.backbone.drop_path_rate) == (
+                1e-3, 1e-4, 64, 0.1)
     assert load('adapter/vit-b16_vtab-kitti.py').model.backbone.prompt.bottleneck == 8
     prompt = load('adaptformer/vit-b16_vtab-cifar.py').model.backbone.prompt
     assert (prompt.bottleneck, prompt.scale, prompt.dropout) == (64, 0.1, 0.1)
@@ -231,5 +239,6 @@ def test_new_dataset_by_inheriting_a_config(tmp_path):
     runner.train()
     assert type(runner.train_dataloader.dataset).__name__ == 'ListFileDataset'
     assert len(runner.train_dataloader.dataset) == 20
-    assert list(runner.test_dataloader.dataset.metainfo['classes']) == ['cat', 'dog', 'fox', 'owl', 'yak']
+    assert list(runner.test_dataloader.dataset.metainfo['classes']) == [
+        'cat', 'dog', 'fox', 'owl', 'yak']
     assert runner.test()['accuracy/top1'] == pytest.approx(accuracy_by_hand(runner))

@@ -16,8 +16,8 @@ from mmengine.runner import Runner
 from PIL import Image
 
 from mmvpt.apis import prepare_config
-from mmvpt.utils import apply_tta
 from mmvpt.testing import make_ade20k
+from mmvpt.utils import apply_tta
 
 from tests.conftest import run_tool
 from tests.helpers.tiny_models import SEG_ARCH, seg_config, shrink_seg_config, write_tiny_seg_config

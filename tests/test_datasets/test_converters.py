@@ -24,13 +24,23 @@ import pytest
 from PIL import Image
 
 from mmvpt.datasets import FGVC, VTAB_TASKS, VTAB1k
-from mmvpt.datasets.preparation import (FGVC_SOURCES, VTAB_SOURCES, PreparationError, Slice,
-                                        convert_fgvc, convert_vtab, read_manifest, verify_fgvc,
-                                        verify_vtab, vtab_split_sizes)
+from mmvpt.datasets.preparation import (
+    FGVC_SOURCES,
+    VTAB_SOURCES,
+    PreparationError,
+    Slice,
+    convert_fgvc,
+    convert_vtab,
+    read_manifest,
+    verify_fgvc,
+    verify_vtab,
+    vtab_split_sizes,
+)
 from mmvpt.datasets.preparation import vtab as vtab_preparation
 from mmvpt.datasets.preparation.fgvc import stratified_val
 from mmvpt.testing import make_vtab_task, synthetic_image
 from mmvpt.testing.fgvc_archives import write_fgvc_archive
+
 from tests.conftest import ROOT, tool_env
 
 MOCK_EXAMPLES = 20  # per tfds split; the tasks take 3 for train800 and 2 for val200 of them
@@ -949,8 +959,8 @@ def test_fgvc_verify_with_vpt_sizes(tmp_path, fgvc_tool, capsys):
 @pytest.mark.tools
 def test_env_sh_installs_the_data_extra_once(tmp_path):
     """Into a built environment (here a stand-in whose python records its arguments): pip
-    installs requirements/extras/data.txt (then tests.txt) with the core pins as constraints, a stamp keyed
-    by the file's hash marks it, the next activation installs nothing, a failed install
+    installs requirements/extras/data.txt (then tests.txt) with the core pins as constraints, a
+    stamp keyed by the file's hash marks it, the next activation installs nothing, a failed install
     leaves no stamp and says so."""
     env = tmp_path / 'env'
     (env / 'bin').mkdir(parents=True)
@@ -977,7 +987,8 @@ def test_env_sh_installs_the_data_extra_once(tmp_path):
     recorded = calls.read_text().splitlines()
     req = osp.join(ROOT, 'requirements')
     # the failed data install, then data and the tests extra (peft), each with the core pins
-    assert recorded[1:] == [f'-m pip install --no-input --progress-bar off -r {req}/extras/{name}.txt '
+    assert recorded[1:] == [f'-m pip install --no-input --progress-bar off '
+                            f'-r {req}/extras/{name}.txt '
                             f'-c {req}/build.txt -c {req}/torch.txt -c {req}/mmcv.txt '
                             f'-c {req}/runtime.txt' for name in ('data', 'tests')]
     assert activate().returncode == 0

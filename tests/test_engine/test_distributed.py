@@ -10,7 +10,15 @@ import torch
 
 from mmvpt.utils import load_local_checkpoint
 
-from tests.conftest import DEMO_CONFIG, ROOT, data_options, free_port, pretrained_line, run_tool, tool_env
+from tests.conftest import (
+    DEMO_CONFIG,
+    ROOT,
+    data_options,
+    free_port,
+    pretrained_line,
+    run_tool,
+    tool_env,
+)
 from tests.helpers.runners import assert_same_training_state
 
 pytestmark = pytest.mark.tools
@@ -41,7 +49,8 @@ def test_two_process_training_ends_with_identical_weights(tiny_vtab, tmp_path, m
 
     monkeypatch.setenv('PORT', str(free_port()))
     proc = run_tool('dist_test.sh', str(config), osp.join(work_dir, 'epoch_1.pth'), '2',
-                    '--work-dir', osp.join(work_dir, 'test'), '--cfg-options', *data_options(tiny_vtab))
+                    '--work-dir', osp.join(work_dir, 'test'), '--cfg-options',
+                    *data_options(tiny_vtab))
     assert 'accuracy/top1' in proc.stdout
 
 
@@ -53,7 +62,8 @@ def test_slurm_scripts_hand_their_arguments_to_srun(tmp_path, monkeypatch):
     monkeypatch.setenv('GPUS', '16')
     out = run_tool('slurm_train.sh', 'part', 'job', 'cfg.py', 'wd', '--cfg-options', 'a=1').stdout
     assert out.startswith('srun -p part --job-name=job --gres=gpu:8 --ntasks=16')
-    assert out.rstrip().endswith('tools/train.py cfg.py --work-dir wd --cfg-options a=1 --launcher slurm')
+    assert out.rstrip().endswith(
+        'tools/train.py cfg.py --work-dir wd --cfg-options a=1 --launcher slurm')
     out = run_tool('slurm_test.sh', 'part', 'job', 'cfg.py', 'ck.pth', '--tta').stdout
     assert out.rstrip().endswith('tools/test.py cfg.py ck.pth --tta --launcher slurm')
 
@@ -83,11 +93,13 @@ def test_two_nodes_train_killed_and_resumed_equal_an_uninterrupted_run(tiny_vtab
         path = tmp_path / f'{name}.py'
         path.write_text(
             f"_base_ = [{DEMO_CONFIG!r}]\n"
-            "model = dict(backbone=dict(frozen=True, prompt=dict(type='mmvpt.CVPT', num_tokens=4)))\n"
+            "model = dict(backbone=dict(frozen=True, "
+            "prompt=dict(type='mmvpt.CVPT', num_tokens=4)))\n"
             + pretrained_line(demo_backbone) +
             "custom_imports = dict(imports=['mmvpt', 'tests.helpers.dump_params_hook', "
             "'tests.helpers.kill_hook'])\n"
-            f"custom_hooks = [dict(type='mmvpt.TunedCheckpointHook'), dict(type='DumpParamsHook'){kill}]\n"
+            "custom_hooks = [dict(type='mmvpt.TunedCheckpointHook'), "
+            f"dict(type='DumpParamsHook'){kill}]\n"
             "train_dataloader = dict(batch_size=8)\n"  # 32 images per rank: 4 iterations an epoch
             "train_cfg = dict(max_epochs=3, val_interval=1)\n"
             "default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=1))\n")

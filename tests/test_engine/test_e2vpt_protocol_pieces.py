@@ -16,9 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvpt.engine.e2vpt_pruning import (MIN_PIECES, MIN_TOKENS, OFFICIAL_FRACTIONS,
-                                        best_candidate, candidate_counts, importance_scores,
-                                        piece_mask_for, token_mask_for)
+from mmvpt.engine.e2vpt_pruning import (
+    MIN_PIECES,
+    MIN_TOKENS,
+    OFFICIAL_FRACTIONS,
+    best_candidate,
+    candidate_counts,
+    importance_scores,
+    piece_mask_for,
+    token_mask_for,
+)
 from mmvpt.engine.hooks import PromptMaskHook
 from mmvpt.utils import load_local_checkpoint, parameter_report
 
@@ -28,7 +35,6 @@ from tests.helpers.pruning_reference import batches_of, reference_scores
 from tests.helpers.runners import make_runner
 from tests.helpers.tiny_models import build, peaked
 from tests.helpers.vit_reference import assert_forward_equals, tokens_reference
-
 
 # -- candidate counts -----------------------------------------------------------------------------
 PERCENT_LISTS = [official.OFFICIAL_PERCENTS, [30, 70], [70, 30, 95], [25, 50, 75],

@@ -11,12 +11,17 @@ import torch
 import mmvpt.models.adapters.dora  # noqa: F401  until the package finds its methods itself
 from mmvpt.engine.hooks import CrossAttentionInitHook, FrozenInitHook, TunedCheckpointHook
 from mmvpt.engine.hooks.frozen_init_hook import checkpoint_names
-from mmvpt.utils import (add_frozen_init_hook, add_training_hooks, load_local_checkpoint,
-                         prepare_config)
+from mmvpt.utils import (
+    add_frozen_init_hook,
+    add_training_hooks,
+    load_local_checkpoint,
+    prepare_config,
+)
 
 from tests.conftest import DEMO_CONFIG, ROOT, data_options, pretrained_line, run_tool
 from tests.helpers.runners import make_runner, write_config
 from tests.helpers.tiny_models import build, vit_spec
+
 
 # -- tuned-only checkpoints ----------------------------------------------------------------
 def test_vit_b_cvpt_tuned_checkpoint_is_small(tmp_path):
@@ -32,7 +37,8 @@ def test_vit_b_cvpt_tuned_checkpoint_is_small(tmp_path):
     torch.save(checkpoint, tmp_path / 'tuned.pth')
     assert full_bytes > 330e6
     assert os.path.getsize(tmp_path / 'tuned.pth') < 0.8e6
-    assert set(checkpoint['state_dict']) == {'backbone.prompt.prompts', 'head.fc.weight', 'head.fc.bias'}
+    assert set(checkpoint['state_dict']) == {'backbone.prompt.prompts', 'head.fc.weight',
+                                             'head.fc.bias'}
     assert checkpoint['meta']['mmvpt'] == dict(tuned_only=True, prompts={'backbone.prompt': 'CVPT'})
 
 
@@ -57,7 +63,8 @@ def cvpt_run(tiny_vtab, tmp_path_factory):
     backbone = str(tmp / 'pre' / 'epoch_1.pth')
     config = write_config(tmp, "dict(type='mmvpt.CVPT', num_tokens=4, ca_trainable=True)",
                           "dict(type='mmvpt.TunedCheckpointHook')",
-                          pretrained_line(backbone) + "train_cfg = dict(max_epochs=2, val_interval=100)\n")
+                          pretrained_line(backbone)
+                          + "train_cfg = dict(max_epochs=2, val_interval=100)\n")
     runner = make_runner(config, tmp / 'work', tiny_vtab)
     runner.train()
     return config, runner, backbone
@@ -92,7 +99,8 @@ def checkpoint_files(work_dir):
 
 
 @pytest.mark.tools
-def test_mismatched_tuned_checkpoint_fails_and_keeps_earlier_checkpoints(cvpt_run, tiny_vtab, tmp_path):
+def test_mismatched_tuned_checkpoint_fails_and_keeps_earlier_checkpoints(cvpt_run, tiny_vtab,
+                                                                          tmp_path):
     config, runner, backbone = cvpt_run
     ckpt = osp.join(runner.work_dir, 'epoch_2.pth')
     before = checkpoint_files(runner.work_dir)
@@ -123,7 +131,8 @@ def test_cross_attention_init_hook_copies_late_backbone_weights_only_once(hook_c
                         prompt=dict(type='mmvpt.CVPT', num_tokens=2, ca_trainable=True))
     runner = SimpleNamespace(model=model)
     # A backbone arriving through load_from, with no cross-attention in the checkpoint.
-    backbone = {k: torch.randn_like(v) for k, v in model.state_dict().items() if k.startswith('vit.')}
+    backbone = {k: torch.randn_like(v) for k, v in model.state_dict().items()
+                if k.startswith('vit.')}
     hook = hook_class()
     hook.after_load_checkpoint(runner, dict(state_dict=backbone))
     model.load_state_dict(backbone, strict=False)

@@ -56,7 +56,8 @@ def test_e2vpt_pruning_masks(images, prune_mode, layout):
                         dims[t, r::4] = 0
         prompts = m.prompts[i] * dims * token_mask[i, :, None]
         return prompts[token_mask[i].bool()] if prune_mode == 'remove' else prompts
-    expected = tokens_reference(model, images, pruned, kv=lambda i: (m.kv_prompts[i], m.kv_prompts[i]))
+    expected = tokens_reference(model, images, pruned,
+                                kv=lambda i: (m.kv_prompts[i], m.kv_prompts[i]))
     assert_forward_equals(model, expected, images)
 
 
@@ -362,7 +363,8 @@ def test_reinit_rewind_gives_fresh_prompts_and_the_start_head(tiny_vtab, tmp_pat
 def test_iteration_based_pruning_runs_after_prune_after_iterations(tiny_vtab, tmp_path):
     # 64 images in batches of 32: 2 iterations an epoch, so iteration 3 falls in epoch 2.
     config = pruning_config(tmp_path, 'prune_after=3, by_epoch=False, token_fraction=0.5',
-                            batch_size=32, extra="train_cfg = dict(max_epochs=2, val_interval=10)\n")
+                            batch_size=32,
+                            extra="train_cfg = dict(max_epochs=2, val_interval=10)\n")
     runner = make_runner(config, tmp_path / 'work', tiny_vtab)
     hook = pruning_hook(runner)
     calls, prune = [], hook.prune_and_rewind
@@ -376,7 +378,7 @@ def test_iteration_based_pruning_runs_after_prune_after_iterations(tiny_vtab, tm
     assert runner.model.backbone.prompt.token_mask.sum(1).tolist() == [2.] * 4
 
 
-# -- two processes (gloo) ---------------------------------------------------------------------------
+# -- two processes (gloo) -------------------------------------------------------------------
 @pytest.mark.tools
 def test_two_process_pruning_prunes_the_same_tokens_on_every_rank(tiny_vtab, tmp_path, monkeypatch):
     config = tmp_path / 'prune_config.py'
@@ -414,7 +416,8 @@ def test_two_process_pruning_scores_are_the_mean_over_both_ranks(tiny_vtab, tmp_
         "custom_imports = dict(imports=['mmvpt', 'tests.helpers.dump_params_hook', "
         "'tests.helpers.dump_before_pruning_hook'])\n"
         "custom_hooks = [dict(type='DumpParamsHook'), dict(type='DumpBeforePruningHook', epoch=1), "
-        "dict(type='mmvpt.PromptPruningHook', prune_after=1, token_fraction=0.5, segment_fraction=0.5)]\n"
+        "dict(type='mmvpt.PromptPruningHook', prune_after=1, token_fraction=0.5, "
+        "segment_fraction=0.5)]\n"
         # Not shuffled: rank r's 2 batches of 16 are images r, r + 2, ... in order.
         "train_dataloader = dict(batch_size=16, sampler=dict(shuffle=False))\n"
         "train_cfg = dict(max_epochs=1)\n")

@@ -107,11 +107,13 @@ def test_cvpt_killed_and_resumed_with_workers_and_no_seed_equals_uninterrupted(
 @pytest.mark.tools
 @pytest.mark.parametrize('prompt', [
     "dict(type='mmvpt.AdaptFormer', bottleneck=4)",  # its dropout draws random numbers
-    "dict(type='mmvpt.LoRA', rank=2, targets=('q', 'v', 'fc2'), dropout=0.1)"], ids=['adaptformer', 'lora'])
-def test_adapter_baselines_killed_and_resumed_equal_uninterrupted(tiny_vtab, demo_backbone, tmp_path,
-                                                                  prompt):
+    "dict(type='mmvpt.LoRA', rank=2, targets=('q', 'v', 'fc2'), dropout=0.1)"],
+    ids=['adaptformer', 'lora'])
+def test_adapter_baselines_killed_and_resumed_equal_uninterrupted(tiny_vtab, demo_backbone,
+                                                                  tmp_path, prompt):
     work_dir = tmp_path / 'work'
-    kill = write_config(tmp_path / 'kill.py', prompt, demo_backbone, kill_at=2 * ITERS_PER_EPOCH + 1)
+    kill = write_config(tmp_path / 'kill.py', prompt, demo_backbone,
+                        kill_at=2 * ITERS_PER_EPOCH + 1)
     assert train(kill, work_dir, tiny_vtab, check=False).returncode == -signal.SIGKILL
     assert last_checkpoint(work_dir) == osp.join(str(work_dir), 'epoch_2.pth')
     run = write_config(tmp_path / 'run.py', prompt, demo_backbone)

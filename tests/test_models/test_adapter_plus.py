@@ -20,8 +20,12 @@ from mmvpt.models.adapters.adapter_plus import FGVC_WIDTHS, VTAB_OPT_WIDTHS, Ada
 from mmvpt.models.prompts import display_name
 from mmvpt.registry import MODELS
 
-from ..helpers.adapter_plus_reference import (ReferenceAdapter, swin_features, vit_block,
-                                              vit_features)
+from ..helpers.adapter_plus_reference import (
+    ReferenceAdapter,
+    swin_features,
+    vit_block,
+    vit_features,
+)
 from ..helpers.tiny_models import ROOT, build, peaked, vit_arch
 
 #: the method's tensors -> the reference adapter's, per block
@@ -80,7 +84,7 @@ def reference_adapters(model, position='post', scaling='channel', norm=False, ac
                                activation=dict(gelu=nn.GELU, relu=nn.ReLU)[activation]).double()
         with torch.no_grad():
             for name, ref_name in present(m):
-                ref.get_parameter(ref_name).copy_(m.at(getattr(m, name), layer))
+                ref.get_parameter(ref_name).copy_(m.layer_of(getattr(m, name), layer))
         refs.append(ref.train(model.training))
     return refs
 

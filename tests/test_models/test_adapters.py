@@ -26,7 +26,8 @@ ADAPTERS = {
     'bitfit_tables': dict(type='mmvpt.BitFit', position_bias=True),
     'adaptformer': dict(type='mmvpt.AdaptFormer', bottleneck=8, dropout=0.),
     'adapter_houlsby': dict(type='mmvpt.Adapter', bottleneck=8),
-    'adapter_pfeiffer': dict(type='mmvpt.Adapter', bottleneck=8, placement=('mlp', ), activation='gelu'),
+    'adapter_pfeiffer': dict(type='mmvpt.Adapter', bottleneck=8, placement=('mlp', ),
+                             activation='gelu'),
 }
 MERGEABLE = ('lora_qv', 'lora_all', 'lora_k', 'ssf', 'bitfit', 'bitfit_tables')
 #: methods that need Swin (relative-position tables)
@@ -51,7 +52,7 @@ def randomised(backbone, name, seed=0):
 
 
 def tensor(method, name, layer):
-    return method.at(getattr(method, name), layer)
+    return method.layer_of(getattr(method, name), layer)
 
 
 # -- re-statements --------------------------------------------------------------------------
@@ -63,7 +64,8 @@ def op_reference(method, layer, name, x, out):
             return out
 
         def update(target):
-            a, b = tensor(method, f'lora_a_{target}', layer), tensor(method, f'lora_b_{target}', layer)
+            a, b = (tensor(method, f'lora_a_{target}', layer),
+                    tensor(method, f'lora_b_{target}', layer))
             return method.alpha / method.rank * (x @ a.T @ b.T)
         if name == 'qkv':
             rows = list(out.chunk(3, -1))
@@ -85,7 +87,8 @@ def vector(method, prefix, name, layer):
     the patch mergings."""
     if name == 'merge_norm':
         return getattr(method, f'{prefix}_merge_norm')[layer]
-    return getattr(method, f'{prefix}_{name}') if layer is None else tensor(method, f'{prefix}_{name}', layer)
+    return (getattr(method, f'{prefix}_{name}') if layer is None
+            else tensor(method, f'{prefix}_{name}', layer))
 
 
 def branch_reference(method, layer, name, x, out):
@@ -93,7 +96,8 @@ def branch_reference(method, layer, name, x, out):
     kind = type(method).__name__
 
     def linear(prefix, h):
-        return h @ tensor(method, f'{prefix}_weight', layer).T + tensor(method, f'{prefix}_bias', layer)
+        return (h @ tensor(method, f'{prefix}_weight', layer).T
+                + tensor(method, f'{prefix}_bias', layer))
     if kind == 'AdaptFormer' and name == 'mlp':
         return out + method.scale * linear('up', F.relu(linear('down', x)))
     if kind == 'Adapter' and name in method.placement:
@@ -140,7 +144,8 @@ def swin_branch_reference(model, img):
             x = x + branch_reference(method, layer, 'attn', x.reshape(B, -1, C),
                                      sa.reshape(B, -1, C)).view(B, H, W, C)
             mlp = blk.mlp(blk.norm2(x.reshape(B, -1, C)))
-            x = x + branch_reference(method, layer, 'mlp', x.reshape(B, -1, C), mlp).view(B, H, W, C)
+            x = x + branch_reference(method, layer, 'mlp', x.reshape(B, -1, C),
+                                     mlp).view(B, H, W, C)
             layer += 1
     return swin.norm(x).mean(dim=(1, 2))
 
@@ -174,9 +179,12 @@ def swin_op_reference(model, img):
         if index:
             stage.downsample.norm = change(stage.downsample.norm, index - 1, 'merge_norm')
         for blk in stage.blocks:
-            blk.norm1, blk.norm2 = change(blk.norm1, layer, 'norm1'), change(blk.norm2, layer, 'norm2')
-            blk.attn.qkv, blk.attn.proj = change(blk.attn.qkv, layer, 'qkv'), change(blk.attn.proj, layer, 'proj')
-            blk.mlp.fc1, blk.mlp.fc2 = change(blk.mlp.fc1, layer, 'fc1'), change(blk.mlp.fc2, layer, 'fc2')
+            blk.norm1, blk.norm2 = (change(blk.norm1, layer, 'norm1'),
+                                    change(blk.norm2, layer, 'norm2'))
+            blk.attn.qkv, blk.attn.proj = (change(blk.attn.qkv, layer, 'qkv'),
+                                           change(blk.attn.proj, layer, 'proj'))
+            blk.mlp.fc1, blk.mlp.fc2 = (change(blk.mlp.fc1, layer, 'fc1'),
+                                        change(blk.mlp.fc2, layer, 'fc2'))
             layer += 1
     swin.norm = change(swin.norm, None, 'norm')
     if getattr(method, 'position_bias', False):  # BitFit's changes of the tables
@@ -192,7 +200,8 @@ def test_swin_operations_equal_the_re_statement(name):
     img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         expected = swin_op_reference(model, img)
-        assert not torch.allclose(model.swin.forward_features(img).mean(dim=(1, 2)), expected, atol=1e-3)
+        assert not torch.allclose(model.swin.forward_features(img).mean(dim=(1, 2)), expected,
+                                  atol=1e-3)
         torch.testing.assert_close(model(img)[0], expected, rtol=0, atol=1e-10)
 
 
@@ -229,7 +238,8 @@ def test_swin_branches_equal_the_re_statement(name):
     model = randomised('swin', name)
     img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(model(img)[0], swin_branch_reference(model, img), rtol=0, atol=1e-10)
+        torch.testing.assert_close(model(img)[0], swin_branch_reference(model, img), rtol=0,
+                                   atol=1e-10)
 
 
 @pytest.mark.parametrize('backbone, name', on_both(MERGEABLE))
@@ -248,8 +258,10 @@ def test_merged_weights_compute_the_method_in_a_plain_timm_model(backbone, name)
         # a plain timm model of the same arch loads the merged weights and computes the same
         timm_model = timm.create_model(model.arch, pretrained=False, num_classes=0, img_size=32,
                                        **model_arch_cfg(backbone)).double().eval()
-        missing, unexpected = timm_model.load_state_dict(model.timm_model.state_dict(), strict=False)
-        assert not unexpected and all(k.endswith(('attn_mask', 'relative_position_index')) for k in missing)
+        missing, unexpected = timm_model.load_state_dict(model.timm_model.state_dict(),
+                                                         strict=False)
+        assert not unexpected and all(k.endswith(('attn_mask', 'relative_position_index'))
+                                      for k in missing)
         features = timm_model.forward_features(img)
         pooled = features[:, 0] if backbone == 'vit' else features.mean(dim=(1, 2))
         torch.testing.assert_close(pooled, adapted, rtol=0, atol=1e-10)
@@ -257,7 +269,8 @@ def test_merged_weights_compute_the_method_in_a_plain_timm_model(backbone, name)
 
 def test_a_vit_whose_patch_embedding_normalises_gets_swins_two_patch_operations():
     torch.manual_seed(0)
-    model = build(dict(type='mmvpt.SSF'), arch_cfg=vit_arch(embed_norm_layer='layernorm')).double().eval()
+    model = build(dict(type='mmvpt.SSF'),
+                  arch_cfg=vit_arch(embed_norm_layer='layernorm')).double().eval()
     assert model.prompt.ops[:2] == ('patch_proj', 'patch_embed')
     img = torch.randn(2, 3, 36, 36, dtype=torch.float64)  # padded to 40 by the embedding
     with torch.no_grad():
@@ -267,7 +280,8 @@ def test_a_vit_whose_patch_embedding_normalises_gets_swins_two_patch_operations(
         unscaled = copy.deepcopy(model)
         unscaled.prompt.scale_patch_proj.fill_(1)
         unscaled.prompt.shift_patch_proj.zero_()
-        assert not torch.allclose(unscaled(img)[0], adapted, atol=1e-3)  # the projection's pair matters
+        # the projection's pair matters
+        assert not torch.allclose(unscaled(img)[0], adapted, atol=1e-3)
         # folded into the conv and the norm, timm's own PatchEmbed computes the same
         torch.testing.assert_close(model.merge_method()(img)[0], adapted, rtol=0, atol=1e-10)
 
@@ -305,13 +319,14 @@ def test_only_the_method_trains_and_starts_as_the_frozen_model(backbone, name):
                if 'lora_a' not in n and 'down' not in n)
 
 
-@pytest.mark.parametrize('backbone, name', [('vit', 'bitfit'), ('swin', 'bitfit'), ('swin', 'bitfit_tables')])
+@pytest.mark.parametrize('backbone, name',
+                         [('vit', 'bitfit'), ('swin', 'bitfit'), ('swin', 'bitfit_tables')])
 def test_bitfit_trains_exactly_the_biases_of_the_model(backbone, name):
     torch.manual_seed(0)
     model = build(ADAPTERS[name], backbone=backbone).double()
     img = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    reference = timm.create_model(model.arch, pretrained=False, num_classes=0, img_size=32, drop_path_rate=0.,
-                                  **model_arch_cfg(backbone)).double()
+    reference = timm.create_model(model.arch, pretrained=False, num_classes=0, img_size=32,
+                                  drop_path_rate=0., **model_arch_cfg(backbone)).double()
     reference.load_state_dict(model.timm_model.state_dict())
     # BitFit's bias terms; with position_bias, VPT's rule: every tensor named *bias*
     biases = {n: p for n, p in reference.named_parameters()
@@ -328,11 +343,13 @@ def test_bitfit_trains_exactly_the_biases_of_the_model(backbone, name):
     for op in m.ops:
         for layer in m.op_layers(op):
             name = names[id(last_affine(op_module(model, layer, op)).bias)]
-            torch.testing.assert_close(bias_grad(m, op, layer), biases[name].grad, rtol=0, atol=1e-10)
+            torch.testing.assert_close(bias_grad(m, op, layer), biases[name].grad, rtol=0,
+                                       atol=1e-10)
             matched.add(name)
     for layer in range(m.num_layers) if m.position_bias else ():
         name = names[id(model.blocks[layer].attn.relative_position_bias_table)]
-        torch.testing.assert_close(bias_grad(m, 'position', layer), biases[name].grad, rtol=0, atol=1e-10)
+        torch.testing.assert_close(bias_grad(m, 'position', layer), biases[name].grad, rtol=0,
+                                   atol=1e-10)
         matched.add(name)
     assert matched == set(biases)  # every bias, once
     assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in biases.values())
@@ -345,7 +362,8 @@ def bias_grad(method, op, layer):
         return param[[first for first, _ in method.patch_mergings].index(layer)].grad
     if layer is None:
         return param.grad
-    return method.at([p.grad for p in param] if isinstance(param, torch.nn.ParameterList) else param.grad, layer)
+    return method.layer_of([p.grad for p in param] if isinstance(param, torch.nn.ParameterList)
+                           else param.grad, layer)
 
 
 def test_tuned_parameter_counts_on_vit_b():
@@ -371,20 +389,24 @@ def test_tuned_parameter_counts_on_swin_b():
     # per block norm1, qkv (3C), proj, norm2, fc1 (4C), fc2, per patch merging its norm (4C),
     # and the final norm
     blocks = sum(depth * 2 * (C + 3 * C + C + C + 4 * C + C) for C, depth in zip(widths, depths))
-    assert count(dict(type='mmvpt.SSF')) == 2 * 2 * 128 + blocks + sum(2 * 4 * C for C in widths[:3]) + 2 * 1024
-    assert count(dict(type='mmvpt.BitFit')) == sum(p.numel() for n, p in swin.named_parameters() if n.endswith('.bias'))
+    assert count(dict(type='mmvpt.SSF')) == (
+        2 * 2 * 128 + blocks + sum(2 * 4 * C for C in widths[:3]) + 2 * 1024)
+    assert count(dict(type='mmvpt.BitFit')) == sum(
+        p.numel() for n, p in swin.named_parameters() if n.endswith('.bias'))
     # VPT's Swin "Bias": every tensor named *bias*, the relative-position tables too
     assert count(dict(type='mmvpt.BitFit', position_bias=True)) == sum(
         p.numel() for n, p in swin.named_parameters() if 'bias' in n)
 
 
 def test_bitfit_position_bias_on_a_vit_says_it_has_no_tables():
-    with pytest.raises(ValueError, match='position_bias=True: this backbone has no relative-position bias tables'):
+    with pytest.raises(ValueError, match='position_bias=True: this backbone has no '
+                                         'relative-position bias tables'):
         build(dict(type='mmvpt.BitFit', position_bias=True))
 
 
-@pytest.mark.parametrize('backbone, name', on_both(['lora_qv', 'dora', 'ssf', 'bitfit', 'bitfit_tables',
-                                                    'adaptformer', 'adapter_houlsby']))
+@pytest.mark.parametrize('backbone, name', on_both(['lora_qv', 'dora', 'ssf', 'bitfit',
+                                                    'bitfit_tables', 'adaptformer',
+                                                    'adapter_houlsby']))
 def test_stacked_tasks_give_each_sample_its_own_tasks_output(backbone, name):
     models = [randomised(backbone, name, seed) for seed in range(3)]
     for other in models[1:]:
@@ -393,7 +415,8 @@ def test_stacked_tasks_give_each_sample_its_own_tasks_output(backbone, name):
     with torch.no_grad():
         own = [m(img)[0] for m in models]
         served = models[0]
-        served.prompt = served.prompt.stacked({f't{i}': m.prompt.state_dict() for i, m in enumerate(models)})
+        served.prompt = served.prompt.stacked(
+            {f't{i}': m.prompt.state_dict() for i, m in enumerate(models)})
         tasks = torch.tensor([2, 0, 1, 1, 2])
         mixed = served(img, tasks=tasks)[0]
     for row, task in enumerate(tasks.tolist()):

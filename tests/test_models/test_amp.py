@@ -18,9 +18,8 @@ from mmvpt.utils import load_local_checkpoint
 
 from tests.conftest import DEMO_CONFIG, data_options, run_tool
 from tests.helpers import tiny_models
-from tests.helpers.tiny_models import BACKBONES, METHODS, prompt_config
 from tests.helpers.prompt_dropout import spy_folded_cross_attention
-
+from tests.helpers.tiny_models import BACKBONES, METHODS, prompt_config
 
 
 class Classifier(nn.Module):
@@ -84,7 +83,8 @@ def test_bf16_training_step_on_cpu(monkeypatch, backbone, method):
     for module in model.modules():
         if isinstance(module, nn.Linear):
             module.register_forward_hook(lambda m, i, out: linear_outputs.append(out.dtype))
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
+                                momentum=0.9)
     wrapper = BF16AmpOptimWrapper(optimizer=optimizer)
     torch.manual_seed(2)
     attention_dtypes = spy_attention_dtypes(monkeypatch)
@@ -136,7 +136,8 @@ def test_amp_picks_bfloat16_on_cpu_and_float16_amp_wrapper_on_gpu(monkeypatch):
     # GPU: MMEngine's AmpOptimWrapper, float16 with dynamic loss scaling unless configured.
     assert amp_config(True) == dict(type='AmpOptimWrapper', loss_scale='dynamic', optimizer=sgd)
     assert amp_config(True, loss_scale=512.)['loss_scale'] == 512.
-    with pytest.raises(ConfigError, match="--amp needs optim_wrapper.type OptimWrapper, not 'Other'"):
+    with pytest.raises(ConfigError,
+                       match="--amp needs optim_wrapper.type OptimWrapper, not 'Other'"):
         amp_config(False, type='Other')
 
 
@@ -172,4 +173,5 @@ def test_train_tool_amp_on_cpu_trains_bfloat16_and_saves_float32(tiny_vtab, tmp_
     assert all(torch.equal(state[k], previous[k]) for k in state if k not in tuned)
     optimizer = last['optimizer']
     assert 'loss_scaler' not in optimizer  # no GradScaler on CPU
-    assert {t.dtype for s in optimizer['state'].values() for t in s.values() if t.dim()} == {torch.float32}
+    assert ({t.dtype for s in optimizer['state'].values() for t in s.values() if t.dim()}
+            == {torch.float32})

@@ -16,9 +16,9 @@ from mmvpt.utils import load_local_checkpoint
 
 from tests.conftest import DEMO_CONFIG, data_options, run_tool
 from tests.helpers import tiny_models
+from tests.helpers.prompt_dropout import spy_folded_cross_attention
 from tests.helpers.tiny_models import BACKBONES, prompt_config
 from tests.helpers.tiny_models import METHODS as TINY_METHODS
-from tests.helpers.prompt_dropout import spy_folded_cross_attention
 
 # slow: seconds of tracing per model and mode, minutes in all (and train.py --compile)
 pytestmark = pytest.mark.tools
@@ -39,7 +39,8 @@ def prune(method):
 
 def build(backbone, method, with_cp=False, dropout=None):
     prompt = prompt_config(backbone, method, METHODS)
-    if prompt is not None and dropout is not None and 'dropout' in method_options(MODELS.get(prompt['type'])):
+    if (prompt is not None and dropout is not None
+            and 'dropout' in method_options(MODELS.get(prompt['type']))):
         prompt = {**prompt, 'dropout': dropout}
     torch.manual_seed(0)
     model = tiny_models.build(prompt, backbone, frozen=method != 'full', with_cp=with_cp)
@@ -60,8 +61,8 @@ def graph_breaks(model, images, amp=False):
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_no_graph_break(backbone, method):
     images = torch.randn(2, 3, 32, 32)
-    for with_cp, mode, amp in ((False, 'train', False), (False, 'eval', False), (True, 'train', False),
-                               (False, 'train', True)):
+    for with_cp, mode, amp in ((False, 'train', False), (False, 'eval', False),
+                               (True, 'train', False), (False, 'train', True)):
         model = build(backbone, method, with_cp=with_cp).train(mode == 'train')
         count, reasons = graph_breaks(model, images, amp)
         assert count == 0, f'{mode}, with_cp={with_cp}, bf16 autocast={amp}: {reasons}'
@@ -101,7 +102,8 @@ def test_compiled_equals_eager(monkeypatch, backbone, method):
         model.train(mode == 'train')
         eager_out, eager_grads = step(model, images)
         run = checkpointed if with_cp else model
-        compiled_out, compiled_grads = step(run, images, torch.compile(run, backend='aot_eager', fullgraph=True))
+        compiled_out, compiled_grads = step(
+            run, images, torch.compile(run, backend='aot_eager', fullgraph=True))
         assert eager_grads.keys() == compiled_grads.keys() and (eager_grads or method == 'linear')
         for got, want in zip(compiled_out, eager_out):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -167,6 +169,7 @@ def train_e2vpt(tmp_path, data_root, work, compile_backend=None, resume=None):
     MMEngine's runner, with ``compile=dict(backend=...)`` as ``tools/train.py --compile``
     sets it; returns the runner and its final tuned tensors."""
     from mmvpt.engine.hooks import tuned_state_keys
+
     from tests.helpers.runners import E2VPT, make_runner, write_config
     extra = '' if compile_backend is None else f'compile = dict(backend={compile_backend!r})\n'
     config = write_config(tmp_path, E2VPT, PRUNING_HOOKS, extra)
@@ -187,7 +190,8 @@ def test_mmengine_compile_trains_prunes_and_resumes_like_eager(tiny_vtab, tmp_pa
     torch._dynamo.reset()
     torch._dynamo.utils.guard_failures.clear()
     runner, compiled = train_e2vpt(tmp_path, tiny_vtab, 'compiled', 'aot_eager')
-    recompiles = {code.co_name: reasons for code, reasons in torch._dynamo.utils.guard_failures.items()}
+    recompiles = {code.co_name: reasons
+                  for code, reasons in torch._dynamo.utils.guard_failures.items()}
     assert sorted(recompiles) == ['_run_forward', 'step']  # the model's forward, AdamW's step
     assert len(recompiles['_run_forward']) == 1 and '_mask_state' in str(recompiles['_run_forward'])
     assert runner.model.backbone.prompt.token_mask.sum(1).tolist() == [2.] * 4  # pruned
@@ -203,7 +207,8 @@ def test_mmengine_compile_trains_prunes_and_resumes_like_eager(tiny_vtab, tmp_pa
     _, resumed = train_e2vpt(tmp_path, tiny_vtab, 'resumed', 'aot_eager',
                              resume=str(work / 'epoch_3.pth'))
     # it went on from epoch 3: a run from the start would end equal too (seeded)
-    assert [osp.basename(p) for p in glob.glob(str(tmp_path / 'resumed' / 'epoch_*.pth'))] == ['epoch_4.pth']
+    assert ([osp.basename(p) for p in glob.glob(str(tmp_path / 'resumed' / 'epoch_*.pth'))]
+            == ['epoch_4.pth'])
     for name, value in compiled.items():
         torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=1e-6, msg=name)
 

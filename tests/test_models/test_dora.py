@@ -32,7 +32,7 @@ PEFT_CASES = {'linears': (('qkv', 'proj', 'fc1', 'fc2'), 0.2), 'rows': (('q', 'v
 
 
 def tensor(method, name, layer):
-    return method.at(getattr(method, name), layer)
+    return method.layer_of(getattr(method, name), layer)
 
 
 def magnitudes(method):
@@ -89,7 +89,7 @@ def paired(method, linear, layer, target, rows, ranks, grad=False):
               linear.lora_magnitude_vector['default'].weight]
     if grad:
         ours, theirs = [p.grad for p in ours], [p.grad for p in theirs]
-    return list(zip([method.at(p, layer) for p in ours],
+    return list(zip([method.layer_of(p, layer) for p in ours],
                     [theirs[0][ranks], theirs[1][rows, ranks], theirs[2][rows]]))
 
 
@@ -204,7 +204,7 @@ def probed_runner(config, work_dir, data_root, **options):
 
 def checkpoint_magnitudes(path, method):
     state = load_local_checkpoint(path)['state_dict']
-    return {(layer, target): method.at(state[f'backbone.prompt.magnitude_{target}'], layer)
+    return {(layer, target): method.layer_of(state[f'backbone.prompt.magnitude_{target}'], layer)
             for layer in range(method.num_layers) for target in method.targets}
 
 

@@ -16,8 +16,13 @@ from PIL import Image
 from mmvpt.models.utils import CheckpointMismatchError
 
 from tests.conftest import ROOT, data_options, pretrained_line, run_tool
-from tests.helpers.tiny_models import (SEG_ARCH, model_from_config, scores_of, write_cvpt_config,
-                                       write_tiny_seg_config)
+from tests.helpers.tiny_models import (
+    SEG_ARCH,
+    model_from_config,
+    scores_of,
+    write_cvpt_config,
+    write_tiny_seg_config,
+)
 
 pytestmark = pytest.mark.tools
 
@@ -146,7 +151,8 @@ def test_weights_only_loading_needs_mmvpt_imported(tuned):
     out = subprocess.run([sys.executable, '-c', code, checkpoint], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert 'refused UnpicklingError' in out
-    assert "['message_hub', 'meta', 'optimizer', 'param_schedulers', 'rng_state', 'state_dict']" in out
+    assert ("['message_hub', 'meta', 'optimizer', 'param_schedulers', 'rng_state', "
+            "'state_dict']" in out)
 
 
 # -- segmentation ------------------------------------------------------------------------------
@@ -181,7 +187,8 @@ def test_mmseg_inferencer_and_init_model(tuned_setr):
     # backbone is what puts it in place there.
     from mmseg.apis import MMSegInferencer, inference_model, init_model
     config, checkpoint, images, expected = tuned_setr
-    assert torch.load(checkpoint)['state_dict']._metadata['backbone']['pretrained'].endswith('vit.pth')
+    assert torch.load(checkpoint)['state_dict']._metadata['backbone']['pretrained'].endswith(
+        'vit.pth')
     inferencer = MMSegInferencer(model=config, weights=checkpoint, device='cpu')
     results = inferencer(images, return_datasamples=True)
     model = init_model(config, checkpoint, device='cpu')

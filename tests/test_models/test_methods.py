@@ -5,11 +5,17 @@ test_pruning.py.)"""
 import pytest
 import torch
 
+from mmvpt.models.prompts.cvpt import CVPT
 from mmvpt.models.utils import probe_attention
 
 from tests.helpers import vit_reference as ref
-from tests.helpers.prompt_dropout import (PROMPT_DROPOUT, dropped, masks_per_draw,
-                                          record_prompt_dropout, spy_folded_cross_attention)
+from tests.helpers.prompt_dropout import (
+    PROMPT_DROPOUT,
+    dropped,
+    masks_per_draw,
+    record_prompt_dropout,
+    spy_folded_cross_attention,
+)
 from tests.helpers.tiny_models import peaked
 from tests.helpers.vit_reference import assert_forward_equals, cvpt_reference, tokens_reference
 
@@ -43,7 +49,8 @@ def test_no_prompt_equals_timm(images):
 def test_vpt(images, deep):
     model = peaked(dict(type='mmvpt.VPT', num_tokens=4, deep=deep))
     P = model.prompt.prompts
-    expected = tokens_reference(model, images, lambda i: P[i] if deep else (P[0] if i == 0 else None))
+    expected = tokens_reference(model, images,
+                                lambda i: P[i] if deep else (P[0] if i == 0 else None))
     assert_forward_equals(model, expected, images)
 
 
@@ -79,7 +86,8 @@ def test_e2vpt_visual_and_kv_prompts(images, share_kv, kv_location):
 def test_e2vpt_kv_location_is_equivalent_for_vit(images):
     outs = []
     for location in ('before', 'after'):
-        model = peaked(dict(type='mmvpt.E2VPT', num_tokens=2, num_kv_tokens=3, kv_location=location))
+        model = peaked(dict(type='mmvpt.E2VPT', num_tokens=2, num_kv_tokens=3,
+                            kv_location=location))
         with torch.no_grad():
             outs.append(model(images)[0])
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
@@ -97,15 +105,21 @@ def test_e2vpt_zero_length_prompts_equal_plain_model(images):
 @pytest.mark.parametrize('num_tokens', [5, 12])
 @pytest.mark.parametrize('insert', [1, 2, 3, 4, 5])
 def test_cvpt_every_insert_position(images, insert, num_tokens):
-    model = peaked(dict(type='mmvpt.CVPT', num_tokens=num_tokens, insert=insert))
+    # built by the point's name, checked against the paper's numbered position
+    name = ('before_attn', 'beside_attn', 'after_attn', 'mlp_input', 'after_mlp')[insert - 1]
+    assert CVPT.insert_point(insert) == name
+    model = peaked(dict(type='mmvpt.CVPT', num_tokens=num_tokens, insert=name))
+    assert model.prompt.insert == name
     P = model.prompt.prompts
-    assert_forward_equals(model, cvpt_reference(model, images, lambda i: P[i], insert=insert), images)
+    assert_forward_equals(model, cvpt_reference(model, images, lambda i: P[i], insert=insert),
+                          images)
 
 
 @pytest.mark.parametrize('ca_init,ca_trainable', [('shared', True), ('random', False),
                                                   ('random', True)])
 def test_cvpt_own_cross_attention(images, ca_init, ca_trainable):
-    model = peaked(dict(type='mmvpt.CVPT', num_tokens=5, ca_init=ca_init, ca_trainable=ca_trainable))
+    model = peaked(dict(type='mmvpt.CVPT', num_tokens=5, ca_init=ca_init,
+                        ca_trainable=ca_trainable))
     m = model.prompt
     assert all(p.requires_grad == ca_trainable for p in m.cross_attn.parameters())
     model.init_weights()  # binds: copies the self-attention for ca_init='shared'
@@ -113,7 +127,8 @@ def test_cvpt_own_cross_attention(images, ca_init, ca_trainable):
         if ca_init == 'shared':
             torch.testing.assert_close(ca.qkv.weight, blk.attn.qkv.weight, rtol=0, atol=0)
             assert ca.qkv.weight.data_ptr() != blk.attn.qkv.weight.data_ptr()
-    expected = cvpt_reference(model, images, lambda i: m.prompts[i], cross_attn=lambda i: m.cross_attn[i])
+    expected = cvpt_reference(model, images, lambda i: m.prompts[i],
+                              cross_attn=lambda i: m.cross_attn[i])
     assert_forward_equals(model, expected, images)
 
 

@@ -5,6 +5,7 @@ import copy
 import torch
 
 import mmvpt.models.utils.attention as attention
+
 from tests.helpers.tiny_models import build
 
 

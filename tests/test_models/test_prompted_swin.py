@@ -12,8 +12,13 @@ import torch.nn.functional as F
 from mmvpt.models import PromptedSwin
 from mmvpt.models.utils import CheckpointMismatchError, window_attention
 
-from tests.helpers.prompt_dropout import (PROMPT_DROPOUT, dropped, masks_per_draw,
-                                          record_prompt_dropout, spy_folded_cross_attention)
+from tests.helpers.prompt_dropout import (
+    PROMPT_DROPOUT,
+    dropped,
+    masks_per_draw,
+    record_prompt_dropout,
+    spy_folded_cross_attention,
+)
 from tests.helpers.tiny_models import SWIN, TINY_SWIN, swin_arch
 
 
@@ -147,8 +152,10 @@ def forward_reference(swin, img, attended=None, kv=None, pool_prompts=False):
                 extra = [prompt_kv_reference(block, attended(layer))] if attended else []
                 extra += [kv(layer)] if kv else []
                 # (B, H, E, d) each, joined along the keys
-                keys = torch.cat([k.expand(B, *k.shape[-3:]) for k, _ in extra], 2) if extra else None
-                values = torch.cat([v.expand(B, *v.shape[-3:]) for _, v in extra], 2) if extra else None
+                keys = (torch.cat([k.expand(B, *k.shape[-3:]) for k, _ in extra], 2)
+                        if extra else None)
+                values = (torch.cat([v.expand(B, *v.shape[-3:]) for _, v in extra], 2)
+                          if extra else None)
                 x = x + window_attention_reference(block, block.norm1(x), keys, values)
                 x = x + block.mlp(block.norm2(x))
             layer += 1
@@ -202,20 +209,20 @@ def test_vpt_and_e2vpt_prompts_in_every_window(kv_location, size, pool_prompts):
     img = torch.randn(2, 3, size, size)
     vpt = prompted(dict(type='mmvpt.VPT', num_tokens=3), reference, pool_prompts=pool_prompts)
     expected = forward_reference(reference, img, pool_prompts=pool_prompts,
-                                 attended=lambda i: vpt.prompt.at(vpt.prompt.prompts, i))
+                                 attended=lambda i: vpt.prompt.layer_of(vpt.prompt.prompts, i))
     assert (vpt(img)[0] - expected).abs().max() <= 1e-5
 
     e2vpt = prompted(dict(type='mmvpt.E2VPT', num_tokens=3, num_kv_tokens=2, num_segments=4,
                           kv_location=kv_location), reference, pool_prompts=pool_prompts)
     m = e2vpt.prompt
-    expected = forward_reference(reference, img, attended=lambda i: m.at(m.prompts, i),
-                                 kv=lambda i: (m.at(m.kv_prompts, i), ) * 2,
+    expected = forward_reference(reference, img, attended=lambda i: m.layer_of(m.prompts, i),
+                                 kv=lambda i: (m.layer_of(m.kv_prompts, i), ) * 2,
                                  pool_prompts=pool_prompts)
     assert (e2vpt(img)[0] - expected).abs().max() <= 1e-5
     assert not torch.allclose(expected, reference(img), atol=1e-3)  # the prompts matter
     # the pooled prompt outputs matter too
-    unpooled = forward_reference(reference, img, attended=lambda i: m.at(m.prompts, i),
-                                 kv=lambda i: (m.at(m.kv_prompts, i), ) * 2)
+    unpooled = forward_reference(reference, img, attended=lambda i: m.layer_of(m.prompts, i),
+                                 kv=lambda i: (m.layer_of(m.kv_prompts, i), ) * 2)
     assert pool_prompts == (not torch.allclose(expected, unpooled, atol=1e-3))
 
 
@@ -296,10 +303,11 @@ def test_cvpt_cross_attends_over_the_whole_map_with_shared_weights():
     img = torch.randn(2, 3, 32, 32)
     model = prompted(dict(type='mmvpt.CVPT', num_tokens=3, insert=3), reference)
     m = model.prompt
-    expected = cvpt_forward_reference(reference, img, lambda layer: m.at(m.prompts, layer))
+    expected = cvpt_forward_reference(reference, img, lambda layer: m.layer_of(m.prompts, layer))
     assert torch.allclose(model(img)[0], expected, atol=1e-5)
     # a learnable copy starts as the shared weights
-    learnable = prompted(dict(type='mmvpt.CVPT', num_tokens=3, insert=3, ca_trainable=True), reference)
+    learnable = prompted(dict(type='mmvpt.CVPT', num_tokens=3, insert=3, ca_trainable=True),
+                         reference)
     learnable.prompt.prompts = model.prompt.prompts
     learnable.derive_from_frozen()
     assert torch.allclose(learnable(img)[0], expected, atol=1e-5)
@@ -316,7 +324,8 @@ def test_ivpt_connects_within_stages_only_and_switches_ar_off():
     stage1 = m.prompts[1]
     # one task: a task axis of 1
     assert torch.allclose(ctx.at('prompts', 3), (stage1[1] + 2 * stage1[0])[None])
-    assert torch.equal(ctx.at('prompts', 2), stage1[0][None])  # the stage's first block: no connection
+    # the stage's first block: no connection
+    assert torch.equal(ctx.at('prompts', 2), stage1[0][None])
 
 
 SWIN_METHODS = {
@@ -388,7 +397,8 @@ def test_e2vpt_prunes_the_first_stage_only():
 def official_layout(state):
     """timm Swin keys -> the official (Microsoft) checkpoint: patch merging at the end of the
     previous stage, buffers saved, under 'model', with a 21k head."""
-    out = {re.sub(r'layers\.(\d+)\.downsample', lambda m: f'layers.{int(m.group(1)) - 1}.downsample', k): v
+    out = {re.sub(r'layers\.(\d+)\.downsample',
+                  lambda m: f'layers.{int(m.group(1)) - 1}.downsample', k): v
            for k, v in state.items()}
     out['layers.0.blocks.0.attn.relative_position_index'] = torch.zeros(16, 16, dtype=torch.long)
     out['layers.0.blocks.1.attn_mask'] = torch.zeros(4, 16, 16)
@@ -411,13 +421,15 @@ def test_checkpoints_load_and_mismatches_are_named(tmp_path):
     wider = tmp_path / 'wider.pth'
     torch.save(timm_swin(embed_dim=24).state_dict(), wider)
     model = PromptedSwin(**TINY_SWIN, init_cfg=dict(type='Pretrained', checkpoint=str(wider)))
-    with pytest.raises(CheckpointMismatchError, match=r'layers.0.blocks.0.attn.qkv.weight: checkpoint '
-                                                      r'\(72, 24\) vs model \(48, 16\)'):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'layers.0.blocks.0.attn.qkv.weight: checkpoint '
+                             r'\(72, 24\) vs model \(48, 16\)'):
         model.init_weights()
     state = reference.state_dict()
     del state['norm.weight']
     torch.save(state, tmp_path / 'headless.pth')
-    model = PromptedSwin(**TINY_SWIN, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'headless.pth')))
+    model = PromptedSwin(**TINY_SWIN, init_cfg=dict(type='Pretrained',
+                                                    checkpoint=str(tmp_path / 'headless.pth')))
     with pytest.raises(CheckpointMismatchError, match='missing keys: norm.weight'):
         model.init_weights()
     with pytest.raises(FileNotFoundError, match='missing.pth'):
@@ -426,7 +438,8 @@ def test_checkpoints_load_and_mismatches_are_named(tmp_path):
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="arch='vit_base_patch16_224'.*needs a timm SwinTransformer"):
+    with pytest.raises(ValueError,
+                       match="arch='vit_base_patch16_224'.*needs a timm SwinTransformer"):
         PromptedSwin(arch='vit_base_patch16_224', arch_cfg=dict(depth=1))
     with pytest.raises(ValueError, match="arch='swin_nano': Unknown model"):
         PromptedSwin(arch='swin_nano')
@@ -446,12 +459,13 @@ def test_cvpt_trainable_cross_attention_copy_is_used_and_trains():
     m = model.prompt
 
     def prompts(layer):
-        return m.at(m.prompts, layer)
+        return m.layer_of(m.prompts, layer)
     model.derive_from_frozen()  # the copies start equal to the blocks' projections...
     with torch.no_grad():  # ...so move them away: the forward must follow the copies
         for p in m.cross_attn.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-        with_copies = cvpt_forward_reference(reference, img, prompts, lambda layer: m.cross_attn[layer])
+        with_copies = cvpt_forward_reference(reference, img, prompts,
+                                             lambda layer: m.cross_attn[layer])
         with_block_attention = cvpt_forward_reference(reference, img, prompts)
         assert (model(img)[0] - with_copies).abs().max() <= 1e-5
     assert (with_copies - with_block_attention).abs().max() > 1e-2
@@ -474,7 +488,7 @@ def swin_reference(method, model, reference, img, seen=lambda layer, prompts: pr
     """The reference forward of ``method`` with ``model``'s prompts on the timm Swin
     ``reference``; ``seen(layer, prompts)``: what the layer's prompts become after dropout."""
     m = model.prompt
-    at = m.at
+    at = m.layer_of
     pool = model.pool_prompts
     if method == 'vpt_deep':
         return forward_reference(reference, img, attended=lambda i: seen(i, at(m.prompts, i)),
@@ -548,7 +562,7 @@ def test_e2vpt_pruning_masks_apply_on_the_first_stage(prune_mode):
 
     def pruned_prompts(mode):
         def at(layer):
-            prompts = m.at(m.prompts, layer)
+            prompts = m.layer_of(m.prompts, layer)
             width = prompts.shape[-1] // 4  # 4 contiguous segments per prompt
             dims = torch.ones_like(prompts)
             for t in range(4):
@@ -561,12 +575,13 @@ def test_e2vpt_pruning_masks_apply_on_the_first_stage(prune_mode):
         return at
 
     def kv(layer):
-        return (m.at(m.kv_prompts, layer), ) * 2
+        return (m.layer_of(m.kv_prompts, layer), ) * 2
     with torch.no_grad():
         expected = forward_reference(reference, img, attended=pruned_prompts(prune_mode), kv=kv,
                                      pool_prompts=True)
-        other_mode = forward_reference(reference, img, kv=kv, pool_prompts=True, attended=pruned_prompts(
-            'mask' if prune_mode == 'remove' else 'remove'))
+        other_mode = forward_reference(
+            reference, img, kv=kv, pool_prompts=True,
+            attended=pruned_prompts('mask' if prune_mode == 'remove' else 'remove'))
     assert (pruned - expected).abs().max() <= 1e-5
     assert (expected - unpruned).abs().max() > 1e-4
     assert (expected - other_mode).abs().max() > 1e-4

@@ -121,7 +121,8 @@ def test_average_pooling_excludes_prompts():
     model = PromptedViT(prompt=dict(type='mmvpt.VPT', num_tokens=3), out_type='avg_featmap',
                         **TINY_VIT).eval()
     img = torch.randn(1, 3, 32, 32)
-    featmap = PromptedViT(prompt=dict(type='mmvpt.VPT', num_tokens=3), out_type='featmap', **TINY_VIT)
+    featmap = PromptedViT(prompt=dict(type='mmvpt.VPT', num_tokens=3), out_type='featmap',
+                          **TINY_VIT)
     featmap.load_state_dict(model.state_dict())
     (avg, ), (fmap, ) = model(img), featmap.eval()(img)
     torch.testing.assert_close(avg, fmap.flatten(2).mean(-1))
@@ -156,6 +157,7 @@ def test_larger_archs_build_on_meta_device(arch, depth, width):
 # -- bad config values -------------------------------------------------------------------
 @pytest.mark.parametrize('prompt,match', [
     (dict(type='mmvpt.CVPT', insert=6), 'insert=6'),
+    (dict(type='mmvpt.CVPT', insert='after'), "insert='after'"),
     (dict(type='mmvpt.CVPT', ca_init='copy'), "ca_init='copy'"),
     (dict(type='mmvpt.VPT', num_tokens=0), 'num_tokens=0'),
     (dict(type='mmvpt.VPT', dropout=1.5), 'dropout=1.5'),
@@ -275,7 +277,8 @@ def test_pos_embed_is_resized_to_the_image_size(tmp_path):
         assert model.vit.pos_embed.shape == (1, 1 + 36, 32)
         expected = resample_abs_pos_embed(source.vit.pos_embed, new_size=(6, 6),
                                           num_prefix_tokens=1,
-                                          interpolation='bilinear' if name.endswith('npz') else 'bicubic',
+                                          interpolation=('bilinear' if name.endswith('npz')
+                                                         else 'bicubic'),
                                           antialias=not name.endswith('npz'))
         torch.testing.assert_close(model.vit.pos_embed, expected)
 

@@ -21,8 +21,10 @@ def tiny_vit(**kwargs):
 
 
 @pytest.mark.parametrize('prompt, message', [
-    (dict(type='mmvpt.CVPT', num_token=5), "CVPT has no option 'num_token'; did you mean 'num_tokens'?"),
-    (dict(type='mmvpt.E2VPT', kv_locaton='after'), "E2VPT has no option 'kv_locaton'; did you mean 'kv_location'?"),
+    (dict(type='mmvpt.CVPT', num_token=5),
+     "CVPT has no option 'num_token'; did you mean 'num_tokens'?"),
+    (dict(type='mmvpt.E2VPT', kv_locaton='after'),
+     "E2VPT has no option 'kv_locaton'; did you mean 'kv_location'?"),
     (dict(type='mmvpt.VPT', deep=True, depth=3), "VPT has no option 'depth'; did you mean 'deep'?"),
     (dict(type='mmvpt.IVPT', colour=1), r"IVPT has no option 'colour' \(IVPT options: ar_init, "),
 ])
@@ -39,7 +41,8 @@ def test_every_documented_option_is_accepted():
 
 def test_a_missing_pretrained_file_says_where_weights_go(tmp_path):
     model = tiny_vit(init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'ViT-B_16.npz')))
-    with pytest.raises(FileNotFoundError, match=r"ViT-B_16.npz' \(model.backbone.init_cfg.checkpoint\) does "
+    with pytest.raises(FileNotFoundError,
+                       match=r"ViT-B_16.npz' \(model.backbone.init_cfg.checkpoint\) does "
                        r'not exist.*--cfg-options model.backbone.init_cfg.checkpoint=PATH'):
         model.init_weights()
 
@@ -64,7 +67,8 @@ def test_train_and_test_end_a_user_error_with_one_line(tmp_path):
                     '--cfg-options', 'model.backbone.prompt.num_token=5', check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-    assert last.startswith("mmvpt: ValueError: CVPT has no option 'num_token'; did you mean 'num_tokens'?")
+    assert last.startswith("mmvpt: ValueError: CVPT has no option 'num_token'; "
+                           "did you mean 'num_tokens'?")
     log_file = last.rsplit('(traceback in ', 1)[1].rstrip(')')
     assert log_file.startswith(str(tmp_path / 'work'))
     with open(log_file) as f:

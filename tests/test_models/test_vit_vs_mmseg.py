@@ -23,7 +23,8 @@ def pair():
                                patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6),
                                interpolate_mode='bicubic')
     theirs.eval()  # mmseg's train() returns None
-    missing, unexpected = theirs.load_state_dict(timm_vit_to_mmseg(ours.vit.state_dict()), strict=False)
+    missing, unexpected = theirs.load_state_dict(timm_vit_to_mmseg(ours.vit.state_dict()),
+                                                 strict=False)
     assert not missing and not unexpected
     return ours, theirs
 
@@ -51,7 +52,8 @@ def test_mmseg_names_convert_back_to_timm(pair, tmp_path):
     torch.save(dict(state_dict={f'backbone.{k}': v for k, v in theirs.state_dict().items()}),
                tmp_path / 'mmseg_vit.pth')
     model = PromptedViT(**vit_spec(depth=4),
-                        init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'mmseg_vit.pth')))
+                        init_cfg=dict(type='Pretrained',
+                                      checkpoint=str(tmp_path / 'mmseg_vit.pth')))
     model.init_weights()
     for key, value in model.vit.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)

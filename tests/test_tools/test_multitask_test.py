@@ -156,7 +156,8 @@ def untrained_checkpoint(path, method, num_classes):
 
 @pytest.mark.tools
 def test_bad_tasks_stop_with_one_line(demo_backbone, tmp_path):
-    config = write_task_config(tmp_path / 'rings.py', demo_backbone, str(tmp_path / 'no_data'), 3, {})
+    config = write_task_config(tmp_path / 'rings.py', demo_backbone, str(tmp_path / 'no_data'), 3,
+                               {})
     checkpoint = untrained_checkpoint(tmp_path / 'rings.pth', 'CVPT', 3)
     vpt = untrained_checkpoint(tmp_path / 'vpt.pth', 'VPT', 3)  # another method's
     missing = tmp_path / 'nope' / 'epoch_1.pth'

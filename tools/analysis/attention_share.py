@@ -32,11 +32,11 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
-import torch  # noqa: E402
 
+import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
-from mmvpt.analysis.attention import (AnalysisError, by_model, measure_models,  # noqa: E402
-                                      write_share_csv)
+
+from mmvpt.analysis.attention import AnalysisError, by_model, measure_models, write_share_csv  # noqa: E402
 from mmvpt.apis.inference import InputError  # noqa: E402
 
 # The figure's size is fixed (inches x dpi): 2 panels per row, 1 row, or 2 with CVPT.
@@ -75,7 +75,8 @@ def plot(rows, path):
             color = f'C{index % 10}'
             ax.plot(*zip(*points), marker='o', markersize=3, label=label, color=color)
             if title.startswith('CVPT: CA entropy'):
-                logs = [r['log_num_prompts'] for r in model_rows if r['log_num_prompts'] is not None]
+                logs = [r['log_num_prompts'] for r in model_rows
+                        if r['log_num_prompts'] is not None]
                 ax.axhline(logs[0], color=color, linestyle=':', linewidth=1)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel('block', fontsize=8)
@@ -140,7 +141,8 @@ def parse_args(argv=None):
 def model_specs(args):
     """[(config, checkpoint, label or None)] of the command line, in order."""
     labels = args.labels or [None] * len(args.checkpoints)
-    specs = [(args.config, c, l) for c, l in zip(args.checkpoints, labels)]
+    specs = [(args.config, checkpoint, label)
+             for checkpoint, label in zip(args.checkpoints, labels)]
     for item in args.compare:
         parts = item.split(':', 2)
         if len(parts) < 2 or not all(parts[:2]):
@@ -157,7 +159,8 @@ def main(argv=None):
     except (AnalysisError, InputError) as err:
         sys.exit(f'attention_share: {err}')
     os.makedirs(args.out, exist_ok=True)
-    csv_path, png_path = osp.join(args.out, 'attention_share.csv'), osp.join(args.out, 'attention_share.png')
+    csv_path = osp.join(args.out, 'attention_share.csv')
+    png_path = osp.join(args.out, 'attention_share.png')
     write_share_csv(rows, csv_path)
     plot(rows, png_path)
     print(format_table(rows))

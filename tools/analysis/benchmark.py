@@ -97,13 +97,26 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 import torch  # noqa: E402
 
-from mmvpt.analysis.benchmark import (ADAPTER_ROWS, AMP_DTYPES, BASELINES, FULL, METHODS,  # noqa: E402
-                                      BenchmarkOptions, OptionError, check_options,
-                                      default_img_size, describe_setting, measure_rows,
-                                      measure_serving, method_name, parse_profile_spec,
-                                      profile_step)
+from mmvpt.analysis.benchmark import (  # noqa: E402
+    ADAPTER_ROWS,
+    AMP_DTYPES,
+    BASELINES,
+    FULL,
+    METHODS,
+    BenchmarkOptions,
+    OptionError,
+    check_options,
+    default_img_size,
+    describe_setting,
+    measure_rows,
+    measure_serving,
+    method_name,
+    parse_profile_spec,
+    profile_step,
+)
 
 
 def _short(x):
@@ -123,7 +136,8 @@ def table_columns(options):
     ratio = lambda key, digits=2: lambda r: f'{r[key]:.{digits}f}'  # noqa: E731
     columns = [('method', lambda r: r['name']), ('P', lambda r: str(r['P'])),
                ('tuned params', lambda r: f'{r["tuned"]:,}'),
-               ('train GFLOPs', lambda r: _short(r['flops'] / 1e9)), ('x P=0', ratio('flops_x_p0', 3)),
+               ('train GFLOPs', lambda r: _short(r['flops'] / 1e9)),
+               ('x P=0', ratio('flops_x_p0', 3)),
                ('step s', lambda r: f'{r["seconds"]:.4g}'), ('x P=0', ratio('seconds_x_p0'))]
     full = FULL in options.methods
     if full:
@@ -157,10 +171,11 @@ def print_profile(arch, img_size, batch, profile, options):
     print(f'\nprofile of one train step: {name} P={profile["P"]}, {arch}, {img_size} px, '
           f'batch {batch}, {describe_setting(options)}')
     kernels = f', {profile["num_kernels"]:,} CUDA kernels' if options.device == 'cuda' else ''
-    print(f'{profile["num_ops"]:,} aten op calls ({profile["num_outer_ops"]:,} outermost){kernels}; '
-          f'top {len(profile["top"])} by {SORT_NAMES[profile["sort"]]} time:')
+    print(f'{profile["num_ops"]:,} aten op calls ({profile["num_outer_ops"]:,} outermost)'
+          f'{kernels}; top {len(profile["top"])} by {SORT_NAMES[profile["sort"]]} time:')
     if profile['attention']:
-        print('attention kernels: ' + ', '.join(f'{name} x{count}' for name, count in profile['attention'].items()))
+        print('attention kernels: ' + ', '.join(f'{name} x{count}'
+                                                for name, count in profile['attention'].items()))
     print('| event | calls | self CPU ms | self CUDA ms |')
     print('|---|---:|---:|---:|')
     for event, calls, cpu_us, cuda_us in profile['top']:
@@ -186,7 +201,8 @@ def print_serving(arch, img_size, batch, method, p, options):
 
     def print_row(row):
         line = (f'| {row["setup"]} | {row["tasks"]} | {row["backbones"]} | '
-                f'{_short(row["weights"] / 2**20)} | {row["weights"]:,} | {row["weights_x_one"]:.3f} |')
+                f'{_short(row["weights"] / 2**20)} | {row["weights"]:,} | '
+                f'{row["weights_x_one"]:.3f} |')
         if cuda:
             line += f' {_short(row["peak"] / 2**20)} | {row["peak_x_one"]:.2f} |'
         print(line + f' {row["rate"]:.2f} | {row["rate_x_single"]:.2f} |', flush=True)
@@ -274,13 +290,14 @@ def main(argv=None):
                 if options.multitask is None:
                     print_table(arch, img_size, batch, options)
                     for method, p in options.profile:
-                        print_profile(arch, img_size, batch,
-                                      profile_step(arch, img_size, batch, method, p, options), options)
+                        profile = profile_step(arch, img_size, batch, method, p, options)
+                        print_profile(arch, img_size, batch, profile, options)
                     continue
                 for method in options.methods:
                     if method in BASELINES:
                         continue
-                    counts = [0] if method in ADAPTER_ROWS else [p for p in options.prompts if p > 0]
+                    counts = ([0] if method in ADAPTER_ROWS
+                              else [p for p in options.prompts if p > 0])
                     for p in counts:
                         print_serving(arch, img_size, batch, method, p, options)
 

@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvpt.utils import finish_distributed, init_distributed, prepare_config, run_cli  # noqa: E402
@@ -55,6 +56,7 @@ def main(argv=None):
     init_distributed(args.launcher)
 
     from mmengine.dist import is_main_process
+
     from mmvpt.engine.e2vpt_pruning import score_checkpoint
     from mmvpt.utils.atomic_io import atomic_write
     payload = score_checkpoint(cfg, args.checkpoint, args.max_batches)

@@ -37,23 +37,30 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
-from mmvpt.analysis.report import (ReportError, build_report, load_results,  # noqa: E402
-                                   write_figure, write_report_csv)
+
+from mmvpt.analysis.report import (  # noqa: E402
+    ReportError,
+    build_report,
+    load_results,
+    write_figure,
+    write_report_csv,
+)
 from mmvpt.utils.protocol_results import find_summaries  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='VTAB-1k / FGVC tables from the final/summary.json files that tools/protocol.py '
-        'writes (it reads nothing else: runs of tools/train.py alone have no summary)')
+        description='VTAB-1k / FGVC tables from the final/summary.json files that '
+        'tools/protocol.py writes (it reads nothing else: runs of tools/train.py alone have no '
+        'summary)')
     parser.add_argument('work_dirs', nargs='+', help='folders searched for final/summary.json')
     parser.add_argument('--markdown', help='also write the Markdown tables to this file')
     parser.add_argument('--csv', help='write the numbers at full precision to this CSV file')
     parser.add_argument(
         '--plot', metavar='FILE.png',
-        help='also write a PNG figure (its folder is created): a row of panels per benchmark (VTAB-1k, FGVC) in this '
-        'one file, with per-task bars per table row, the means as bars and, where a method '
-        'has rows at several prompt counts P, its mean accuracy vs P')
+        help='also write a PNG figure (its folder is created): a row of panels per benchmark '
+        '(VTAB-1k, FGVC) in this one file, with per-task bars per table row, the means as bars '
+        'and, where a method has rows at several prompt counts P, its mean accuracy vs P')
     args = parser.parse_args(argv)
     if args.plot is not None and not args.plot.lower().endswith('.png'):
         parser.error(f'--plot {args.plot}: the figure is a PNG; name it FILE.png')

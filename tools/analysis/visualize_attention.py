@@ -34,12 +34,12 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from mmengine.config import DictAction  # noqa: E402
-from mmvpt.analysis.attention import (AnalysisError, attention_maps, prompted_vit,  # noqa: E402
-                                      resolve_blocks)
+
+from mmvpt.analysis.attention import AnalysisError, attention_maps, prompted_vit, resolve_blocks  # noqa: E402
 from mmvpt.apis.inference import InputError, load_model, preprocess_images  # noqa: E402
 
 PANEL_INCHES = 2.4
@@ -81,12 +81,14 @@ def draw(picture, maps, blocks, path, index=0):
                                             ('with prompts', 'without prompts')):
             ax.imshow(picture)
             ax.imshow(overlay, cmap='jet', alpha=0.5, vmin=0, vmax=vmax)
-            ax.set_title(f'block {block} {name}\nCLS on image: {share[index].item():.2f}', fontsize=7)
+            ax.set_title(f'block {block} {name}\nCLS on image: {share[index].item():.2f}',
+                         fontsize=7)
         if ivpt:
             ax = axes[row][3]
             ax.imshow(picture)
             layer = block if block in maps['reinforced'] else max(
-                (l for l in maps['reinforced'] if l <= block), default=min(maps['reinforced']))
+                (before for before in maps['reinforced'] if before <= block),
+                default=min(maps['reinforced']))
             ph, pw = size[0] / gh, size[1] / gw
             for rank, token in enumerate(maps['reinforced'][layer][index].tolist()):
                 r, c = divmod(token, gw)
@@ -94,13 +96,13 @@ def draw(picture, maps, blocks, path, index=0):
                                        edgecolor='yellow', linewidth=1))
                 ax.text(c * pw + pw / 2 - 0.5, r * ph + ph / 2 - 0.5, str(rank + 1), color='yellow',
                         fontsize=6, ha='center', va='center')
-            ax.set_title(f'AR after block {layer}\n(top {len(maps["reinforced"][layer][index])} tokens)',
-                         fontsize=7)
+            top = len(maps['reinforced'][layer][index])
+            ax.set_title(f'AR after block {layer}\n(top {top} tokens)', fontsize=7)
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02 / len(blocks), top=1 - 0.16 / len(blocks),
-                        wspace=0.05, hspace=0.3)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02 / len(blocks),
+                        top=1 - 0.16 / len(blocks), wspace=0.05, hspace=0.3)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 

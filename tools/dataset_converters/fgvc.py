@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmvpt.datasets.fgvc import FGVC_TASKS  # noqa: E402
 from mmvpt.datasets.preparation import PreparationError, convert_fgvc, verify_fgvc  # noqa: E402
 

@@ -22,6 +22,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmvpt.datasets.preparation import PreparationError, convert_vtab, verify_vtab  # noqa: E402
 from mmvpt.datasets.vtab import VTAB_TASKS, canonical_vtab_task  # noqa: E402
 

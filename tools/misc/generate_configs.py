@@ -10,10 +10,12 @@ import argparse
 import os
 import os.path as osp
 import sys
+import textwrap
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmvpt.models.methods import method_classes  # noqa: E402
 from mmvpt.models.prompts import display_name  # noqa: E402
 from mmvpt.utils.protocol_results import method_folders  # noqa: E402
@@ -25,6 +27,8 @@ VTAB_CLASSES = dict(
     clevr_count=8, clevr_dist=6, dmlab=6, kitti=4, dsprites_loc=16, dsprites_ori=16,
     smallnorb_azi=18, smallnorb_ele=9)
 FGVC_CLASSES = dict(cub=200, nabirds=555, flowers=102, dogs=120, cars=196)
+# The repository's line length (pyproject.toml's [tool.ruff]): the configs are linted too.
+LINE_LENGTH = 100
 
 
 def method_class(folder):
@@ -42,6 +46,21 @@ def _kwargs(options):
     return ', '.join(f'{k}={v!r}' for k, v in options.items())
 
 
+def _comment(text):
+    """``text`` as comment lines of at most LINE_LENGTH characters."""
+    return ['# ' + line for line in textwrap.wrap(text, LINE_LENGTH - 2, break_long_words=False,
+                                                  break_on_hyphens=False)]
+
+
+def _call(prefix, args):
+    """``prefix`` (ending in ``dict(``), the arguments and ``)`` on one line, or one argument
+    per line, aligned under the first, where that line would be longer than LINE_LENGTH."""
+    line = prefix + ', '.join(args) + ')'
+    if len(line) <= LINE_LENGTH:
+        return line
+    return prefix + (',\n' + ' ' * len(prefix)).join(args) + ')'
+
+
 def render(folder, benchmark, task):
     classes = (VTAB_CLASSES if benchmark == 'vtab' else FGVC_CLASSES)[task]
     cls = method_class(folder)
@@ -54,17 +73,19 @@ def render(folder, benchmark, task):
     title = 'VTAB-1k' if benchmark == 'vtab' else 'FGVC'
     backbone = _kwargs(backbone) + (', ' if backbone and prompt else '') + (
         f'prompt=dict({_kwargs(prompt)})' if prompt else '')
-    backbone = f'backbone=dict({backbone}), ' if backbone else ''
+    model = ([f'backbone=dict({backbone})'] if backbone else []) + [
+        f'head=dict(num_classes={classes})']
     dataset = 'task=task' + (f', pipeline={{{{_base_.{train_pipeline}}}}}' if train_pipeline
                              else '')
-    lines = [f'# {method_name(folder)} on {title} {task} ({classes} classes).'] + (
-        [f'# {note}'] if note else []) + [
+    lines = _comment(f'{method_name(folder)} on {title} {task} ({classes} classes).') + (
+        _comment(note) if note else []) + [
         f"_base_ = ['../_base_/methods/{folder}.py', '../_base_/datasets/{dataset_base}.py']",
         '',
         f'task = {task!r}',
-        f'model = dict({backbone}head=dict(num_classes={classes}))',
+        _call('model = dict(', model),
         f'data_preprocessor = dict(num_classes={classes})',
-        f'train_dataloader = dict({_kwargs(loader) + ", " if loader else ""}dataset=dict({dataset}))',
+        _call('train_dataloader = dict(', ([_kwargs(loader)] if loader else []) + [
+            f'dataset=dict({dataset})']),
     ]
     test_dataset = 'task=task' + (f', pipeline={{{{_base_.{test_pipeline}}}}}' if test_pipeline
                                   else '')
@@ -81,10 +102,13 @@ def render_swin(folder, benchmark, task):
     title = 'VTAB-1k' if benchmark == 'vtab' else 'FGVC'
     cls = method_class(folder)
     swin = cls.swin_config if cls is not None else dict(backbone='swin_b')
-    lines = [f'# {method_name(folder)} on {title} {task} with Swin-B ImageNet-22k; the recipe of '
-             'the ViT-B config.', *(f'# {comment}' for comment in swin.get('comments', ()))]
+    lines = _comment(f'{method_name(folder)} on {title} {task} with Swin-B ImageNet-22k; the '
+                     'recipe of the ViT-B config.')
+    for comment in swin.get('comments', ()):
+        lines += _comment(comment)
     lines += [f"_base_ = ['./vit-b16_{benchmark}-{task}.py', '../_base_/models/swin-b.py']", '',
-              f'model = dict(backbone={{{{_base_.{swin["backbone"]}}}}}, head=dict(in_channels=1024))',
+              _call('model = dict(', [f'backbone={{{{_base_.{swin["backbone"]}}}}}',
+                                      'head=dict(in_channels=1024)']),
               *swin.get('lines', ())]
     return '\n'.join(lines) + '\n'
 

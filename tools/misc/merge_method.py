@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tools._bootstrap  # noqa: E402,F401  first: a python with torch, mmvpt's env if need be
+
 from mmengine.config import DictAction  # noqa: E402
 
 from mmvpt.utils import run_cli  # noqa: E402
@@ -29,8 +30,10 @@ def parse_args(argv=None):
     parser.add_argument('config', help='the config the checkpoint was trained with')
     parser.add_argument('checkpoint', help='its checkpoint (tuned-only or full)')
     parser.add_argument('out', help='the merged model, an MMEngine checkpoint')
-    parser.add_argument('--timm', metavar='BACKBONE.pth', help='also the merged backbone in timm keys')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    parser.add_argument('--timm', metavar='BACKBONE.pth',
+                        help='also the merged backbone in timm keys')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings')
     return parser.parse_args(argv)
 
 

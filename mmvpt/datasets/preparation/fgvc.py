@@ -19,8 +19,15 @@ import numpy as np
 
 from mmvpt.datasets.fgvc import FGVC_TASKS
 from mmvpt.utils.atomic_io import atomic_write
-from .common import PreparationError, image_format, one_line, read_manifest, sha256_file, \
-    write_manifest
+
+from .common import (
+    PreparationError,
+    image_format,
+    one_line,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 
 SPLITS = ('train', 'val', 'test')
 DEFAULT_SEED = 0

@@ -8,6 +8,7 @@ import os.path as osp
 
 from mmvpt.datasets.fgvc import FGVC_TASKS
 from mmvpt.datasets.vtab import VTAB_SPLITS, VTAB_TASKS, read_list_file
+
 from .common import PreparationError, changed_lists, image_format, read_manifest
 from .fgvc import FGVC_SOURCES, SPLITS, read_split_file
 from .vtab import VTAB_SOURCES, vtab_split_sizes

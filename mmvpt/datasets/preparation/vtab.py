@@ -20,8 +20,15 @@ import numpy as np
 from PIL import Image
 
 from mmvpt.datasets.vtab import VTAB_SPLITS, VTAB_TASKS
-from .common import PreparationError, one_line, read_manifest, sha256_file, staged_folder, \
-    write_manifest
+
+from .common import (
+    PreparationError,
+    one_line,
+    read_manifest,
+    sha256_file,
+    staged_folder,
+    write_manifest,
+)
 
 DATA_EXTRA = 'requirements/extras/data.txt'
 TENSORFLOW_EXTRA = 'requirements/extras/data-tensorflow.txt'

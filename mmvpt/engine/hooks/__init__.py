@@ -1,4 +1,5 @@
 from mmvpt.utils.data_errors import DataError
+
 from .checkpoint_hook import CheckpointHook
 from .data_check_hook import DataCheckHook
 from .frozen_init_hook import CrossAttentionInitHook, FrozenInitHook

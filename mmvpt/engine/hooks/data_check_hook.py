@@ -4,8 +4,8 @@ images), and a ``num_classes`` in the config smaller than the data's labels.
 
 The checks stat files and read data infos only: no image is decoded and no random number is
 drawn. mmvpt's list-file datasets already stat their files when they load
-(:class:`mmvpt.datasets.SampleSourceMixin`, with the helpers of ``mmvpt.utils.data_errors``); this module
-imports neither mmpretrain nor mmseg.
+(:class:`mmvpt.datasets.SampleSourceMixin`, with the helpers of ``mmvpt.utils.data_errors``);
+this module imports neither mmpretrain nor mmseg.
 """
 import os
 import os.path as osp
@@ -18,6 +18,7 @@ from torch.utils.data import ConcatDataset
 
 from mmvpt.registry import HOOKS
 from mmvpt.utils.data_errors import SAMPLE_SOURCE_KEY, raise_data_error, sample_file_problems
+
 
 def leaf_datasets(dataset):
     """The datasets inside ``dataset``'s wrappers (ConcatDataset, RepeatDataset,

@@ -5,6 +5,7 @@ from mmengine.hooks import Hook
 
 from mmvpt.models.backbones.base import PromptedBackbone
 from mmvpt.registry import HOOKS
+
 from .tuned_checkpoint_hook import unwrap
 
 

@@ -2,6 +2,7 @@ from mmengine.hooks import Hook
 
 from mmvpt.models.backbones.base import merge_methods
 from mmvpt.registry import HOOKS
+
 from .tuned_checkpoint_hook import unwrap
 
 
@@ -16,4 +17,5 @@ class MergeMethodHook(Hook):
 
     def before_test(self, runner):
         merged = merge_methods(unwrap(runner.model))
-        runner.logger.info(f'{", ".join(merged)} merged into the frozen weights: testing the plain backbone')
+        runner.logger.info(f'{", ".join(merged)} merged into the frozen weights: testing the '
+                           'plain backbone')

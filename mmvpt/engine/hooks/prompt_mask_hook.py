@@ -10,6 +10,7 @@ from mmengine.logging import print_log
 
 from mmvpt.registry import HOOKS
 from mmvpt.utils.atomic_io import atomic_write
+
 from ..e2vpt_pruning import e2vpt_of, piece_mask_for, token_mask_for
 
 

@@ -12,6 +12,7 @@ from mmvpt.models.prompts.base import check_choices
 from mmvpt.registry import HOOKS
 from mmvpt.utils.atomic_io import atomic_write
 from mmvpt.utils.param_report import format_parameter_report, parameter_report
+
 from ..e2vpt_pruning import mean_gradients
 from .tuned_checkpoint_hook import prompt_methods, unwrap
 
@@ -24,7 +25,8 @@ def _check_fraction(name, value, optional=False):
     if value is None and optional:
         return
     if not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f'PromptPruningHook {name}={value!r}: a pruning fraction must lie in (0, 1)')
+        raise ValueError(f'PromptPruningHook {name}={value!r}: a pruning fraction must lie in '
+                         '(0, 1)')
 
 
 def keep_top(scores, fraction, minimum=1):
@@ -110,7 +112,8 @@ class PromptPruningHook(Hook):
         if not methods:
             found = [type(m).__name__ for _, m in prompt_methods(unwrap(runner.model))]
             raise ValueError('PromptPruningHook needs a prompt method with prunable visual '
-                             f'prompts (mmvpt.E2VPT with num_tokens > 0); the model has {found or "none"}')
+                             'prompts (mmvpt.E2VPT with num_tokens > 0); the model has '
+                             f'{found or "none"}')
         return methods
 
     def before_train(self, runner):
@@ -135,21 +138,23 @@ class PromptPruningHook(Hook):
         for (name, method), scores in zip(methods, token_scores):
             result[name] = dict(token_scores=scores.tolist())
             scores = scores[method.prunable_layers]  # Swin: first stage only
-            ranked = scores.mean(0, keepdim=True).expand_as(scores) if self.scope == 'shared' else scores
+            ranked = self._ranked(scores)
             method.token_mask[method.prunable_layers] = keep_top(ranked, self.token_fraction)
         if self.segment_fraction is not None:
             segment_scores = self._scores(runner, [m.segment_mask for _, m in methods])
             for (name, method), scores in zip(methods, segment_scores):
                 result[name]['segment_scores'] = scores.tolist()
                 scores = scores[method.prunable_layers]
-                kept = method.token_mask[method.prunable_layers].bool().unsqueeze(-1).expand_as(scores)
-                ranked = scores.mean(0, keepdim=True).expand_as(scores) if self.scope == 'shared' else scores
+                kept = method.token_mask[method.prunable_layers].bool().unsqueeze(-1)
+                kept = kept.expand_as(scores)
+                ranked = self._ranked(scores)
                 # Each kept token keeps its best segment; pruned tokens have none to lose.
                 best = torch.zeros_like(kept).scatter_(-1, ranked.argmax(-1, keepdim=True), True)
                 protected = ~kept | best
                 num_kept, num_tokens = int(kept[0].sum()), int(kept[0, :, 0].sum())
                 prune = min(math.floor(self.segment_fraction * num_kept), num_kept - num_tokens)
-                lowest = ranked.masked_fill(protected, float('inf')).flatten(1).argsort(-1)[:, :prune]
+                lowest = ranked.masked_fill(protected, float('inf')).flatten(1).argsort(-1)
+                lowest = lowest[:, :prune]
                 mask = kept.float().flatten(1).scatter_(-1, lowest, 0.).view_as(ranked)
                 method.segment_mask[method.prunable_layers] = mask
         for name, method in methods:
@@ -169,6 +174,13 @@ class PromptPruningHook(Hook):
         """E_x of dL/d(mask) (abs or signed) over the training data, mean over ranks."""
         scores, _ = mean_gradients(runner.model, runner.train_dataloader, masks, self.max_batches,
                                    absolute=self.score == 'abs')
+        return scores
+
+    def _ranked(self, scores):
+        """The (layers, ...) scores pruning ranks by: each layer's own (``scope='block'``), or
+        their mean over the layers for every layer (``'shared'``)."""
+        if self.scope == 'shared':
+            return scores.mean(0, keepdim=True).expand_as(scores)
         return scores
 
     def _rewind(self, runner, methods):
@@ -192,7 +204,8 @@ class PromptPruningHook(Hook):
 
     def _export(self, runner):
         if is_main_process():
-            payload = dict(token_fraction=self.token_fraction, segment_fraction=self.segment_fraction,
-                           score=self.score, scope=self.scope, rewind=self.rewind, prompts=self.result)
+            payload = dict(token_fraction=self.token_fraction,
+                           segment_fraction=self.segment_fraction, score=self.score,
+                           scope=self.scope, rewind=self.rewind, prompts=self.result)
             atomic_write(osp.join(runner.work_dir, 'prompt_pruning.json'),
                          json.dumps(payload, indent=1))

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvpt.registry import MODELS
+
 from ..prompts.base import check_choices, check_positive
 from ..utils.protocols import adamw_grid, fixed_recipe
 from .base import AdapterMethod, kaiming_rows, noah_recipe
@@ -43,14 +44,19 @@ class Adapter(AdapterMethod):
         super().__init__(**backbone)
         check_positive('bottleneck', bottleneck)
         placement = (placement, ) if isinstance(placement, str) else tuple(placement)
-        if not placement or any(p not in PLACEMENTS for p in placement) or len(set(placement)) != len(placement):
-            raise ValueError(f'Adapter placement={placement!r}: name distinct branches among {PLACEMENTS}')
+        if (not placement or any(p not in PLACEMENTS for p in placement)
+                or len(set(placement)) != len(placement)):
+            raise ValueError(f'Adapter placement={placement!r}: '
+                             f'name distinct branches among {PLACEMENTS}')
         check_choices('Adapter', activation=(activation, tuple(ACTIVATIONS)))
         self.bottleneck, self.placement, self.activation = bottleneck, placement, activation
         for branch in placement:  # the branch output's width: the block's
-            self.op_parameter(f'{branch}_down_weight', 'proj', lambda i, o: (bottleneck, o), kaiming_rows)
-            self.op_parameter(f'{branch}_down_bias', 'proj', lambda i, o: (bottleneck, ), nn.init.zeros_)
-            self.op_parameter(f'{branch}_up_weight', 'proj', lambda i, o: (o, bottleneck), nn.init.zeros_)
+            self.op_parameter(f'{branch}_down_weight', 'proj', lambda i, o: (bottleneck, o),
+                              kaiming_rows)
+            self.op_parameter(f'{branch}_down_bias', 'proj', lambda i, o: (bottleneck, ),
+                              nn.init.zeros_)
+            self.op_parameter(f'{branch}_up_weight', 'proj', lambda i, o: (o, bottleneck),
+                              nn.init.zeros_)
             self.op_parameter(f'{branch}_up_bias', 'proj', lambda i, o: (o, ), nn.init.zeros_)
 
     def branch(self, ctx, layer, name, x, out):
@@ -64,4 +70,5 @@ class Adapter(AdapterMethod):
         return self.linear(ctx, layer, f'{name}_up', h)
 
     def extra_repr(self):
-        return f'bottleneck={self.bottleneck}, placement={self.placement}, activation={self.activation!r}'
+        return (f'bottleneck={self.bottleneck}, placement={self.placement}, '
+                f'activation={self.activation!r}')

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvpt.registry import MODELS
+
 from ..prompts.base import check_choices
 from ..utils.protocols import fixed_recipe
 from .adapter import Adapter
@@ -171,14 +172,14 @@ class AdapterPlus(Adapter):
         """s * drop_path(up(act(down(norm(h))))): what block ``layer``'s adapter adds."""
         if self.norm:
             h = F.layer_norm(h, h.shape[-1:], eps=NORM_EPS)
-            h = (h * channelwise(self.per_sample(ctx, f'{name}_norm_weight', layer), h)
-                 + channelwise(self.per_sample(ctx, f'{name}_norm_bias', layer), h))
+            h = (h * channelwise(ctx.per_sample(ctx.at(f'{name}_norm_weight', layer)), h)
+                 + channelwise(ctx.per_sample(ctx.at(f'{name}_norm_bias', layer)), h))
         h = self.bottleneck_output(ctx, layer, name, h)
         if self.training and self.drop_path:
             keep = 1 - self.drop_path
             h = h * h.new_empty((h.shape[0], ) + (1, ) * (h.dim() - 1)).bernoulli_(keep).div_(keep)
         if isinstance(self.scaling, str):
-            return h * channelwise(self.per_sample(ctx, f'{name}_scale', layer), h)
+            return h * channelwise(ctx.per_sample(ctx.at(f'{name}_scale', layer)), h)
         return h if self.scaling == 1 else h * self.scaling
 
     def extra_repr(self):

@@ -5,8 +5,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvpt.registry import MODELS
-from ..utils.protocols import adamw_grid
+
 from ..prompts.base import check_positive
+from ..utils.protocols import adamw_grid
 from .base import AdapterMethod, kaiming_rows
 
 
@@ -21,7 +22,8 @@ class AdaptFormer(AdapterMethod):
     """
     display_name = 'AdaptFormer'
     #: tools/protocol.py: no source gives a VTAB-1k or FGVC recipe
-    protocol = adamw_grid('our AdamW grid', 'no source gives a AdaptFormer recipe for VTAB-1k or FGVC')
+    protocol = adamw_grid('our AdamW grid',
+                          'no source gives a AdaptFormer recipe for VTAB-1k or FGVC')
     config_folder = 'adaptformer'
     table_order = 80
     benchmark_rows = {'adaptformer': (' (64)', dict(bottleneck=64))}
@@ -29,7 +31,8 @@ class AdaptFormer(AdapterMethod):
 
     @classmethod
     def config_recipe(cls, benchmark, task):
-        return dict(note="lr 1e-3, wd 1e-4, batch 64: our default; AdaptFormer's code has no VTAB-1k or FGVC recipe.")
+        return dict(note="lr 1e-3, wd 1e-4, batch 64: our default; "
+                         "AdaptFormer's code has no VTAB-1k or FGVC recipe.")
 
     def __init__(self, bottleneck=64, scale=0.1, dropout=0.1, **backbone):
         super().__init__(**backbone)

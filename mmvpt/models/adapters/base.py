@@ -6,11 +6,12 @@ of :class:`~mmvpt.models.prompts.base.PromptMethod`: ``adapt`` (the output of a 
 operation: LoRA, SSF, BitFit) and ``branch`` (a block branch's output: Adapter,
 AdaptFormer)."""
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 
-from ..prompts.base import PromptMethod
+from ..prompts.base import PromptMethod, each_layer
 
 #: the frozen operations of a block, in the order they run
 BLOCK_OPS = ('norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2')
@@ -79,7 +80,8 @@ class AdapterMethod(PromptMethod):
     """Base of the methods that change the frozen blocks' operations rather than add
     tokens. ``op_parameter`` makes a per-layer tensor for an operation of every block
     (one parameter per stage of equal widths, as ``stage_parameter``) and lists it in
-    ``per_layer``, so the forward reads it as ``ctx.at(name, layer)`` with a task axis."""
+    ``per_layer``, so the forward reads it as ``ctx.at(name, layer)`` with a task axis
+    (``ctx.per_sample`` gathers it per sample)."""
 
     def __init__(self, **backbone):
         super().__init__(**backbone)
@@ -89,7 +91,8 @@ class AdapterMethod(PromptMethod):
         """Folds the method into ``backbone``'s frozen weights, so that the plain model
         computes what the method does (:meth:`PromptedBackbone.merge_method`)."""
         raise NotImplementedError(
-            f'{type(self).__name__} cannot be merged into the frozen weights: {self.why_not_mergeable}')
+            f'{type(self).__name__} cannot be merged into the frozen weights: '
+            f'{self.why_not_mergeable}')
 
     #: why :meth:`merge_into` is not possible, for a method that keeps its own modules
     why_not_mergeable = 'its bottleneck applies a non-linearity to its input'
@@ -119,14 +122,9 @@ class AdapterMethod(PromptMethod):
     def linear(self, ctx, layer, prefix, x):
         """``x`` (B, N, in) through block ``layer``'s ``{prefix}_weight`` (out, in) and
         ``{prefix}_bias`` (out), each sample with its task's."""
-        weight = self.per_sample(ctx, f'{prefix}_weight', layer).to(x.dtype)  # (B | 1, out, in)
-        bias = self.per_sample(ctx, f'{prefix}_bias', layer).to(x.dtype)  # (B | 1, out)
+        weight = ctx.per_sample(ctx.at(f'{prefix}_weight', layer)).to(x.dtype)  # (B | 1, out, in)
+        bias = ctx.per_sample(ctx.at(f'{prefix}_bias', layer)).to(x.dtype)  # (B | 1, out)
         return x @ weight.transpose(-1, -2) + bias.unsqueeze(-2)
-
-    def per_sample(self, ctx, name, layer):
-        """Block ``layer``'s ``name`` tensor per sample: (B, ...), or (1, ...) broadcasting
-        over the batch with one task."""
-        return ctx.per_sample(ctx.at(name, layer))
 
     # -- one vector per output channel of chosen operations, inside and outside the blocks
     def backbone_ops(self):
@@ -146,7 +144,8 @@ class AdapterMethod(PromptMethod):
         if op in BLOCK_OPS:
             return self.op_parameter(name, op, lambda i, o: (o, ), init)
         if op == 'merge_norm':
-            setattr(self, name, nn.ParameterList(_vector(width, init) for _, width in self.patch_mergings))
+            setattr(self, name,
+                    nn.ParameterList(_vector(width, init) for _, width in self.patch_mergings))
         else:
             setattr(self, name, _vector(self.layer_dims[-1 if op == 'norm' else 0], init))
 
@@ -154,7 +153,9 @@ class AdapterMethod(PromptMethod):
         """The vector ``name`` of ``op`` at ``layer``: per sample, (B | 1, C), with the
         forward's ``ctx``; else as held (for merging)."""
         if op in BLOCK_OPS:
-            return self.at(getattr(self, name), layer) if ctx is None else self.per_sample(ctx, name, layer)
+            if ctx is None:
+                return self.layer_of(getattr(self, name), layer)
+            return ctx.per_sample(ctx.at(name, layer))
         vector = getattr(self, name)
         if op == 'merge_norm':
             vector = vector[[first for first, _ in self.patch_mergings].index(layer)]
@@ -168,11 +169,9 @@ def channelwise(t, x):
     return t.view(t.shape[0], *([1] * (x.dim() - 2)), t.shape[-1]).to(x.dtype)
 
 
-def kaiming_rows(tensor):
-    """nn.Linear's (and peft's LoRA A) weight init, kaiming-uniform with a = sqrt(5), per
-    (out, in) layer slice of a per-layer tensor."""
-    for layer in tensor:
-        nn.init.kaiming_uniform_(layer, a=math.sqrt(5))
+#: nn.Linear's (and peft's LoRA A) weight init, kaiming-uniform with a = sqrt(5), per (out, in)
+#: layer slice of a per-layer tensor
+kaiming_rows = each_layer(partial(nn.init.kaiming_uniform_, a=math.sqrt(5)))
 
 
 def _vector(width, init):
@@ -209,13 +208,15 @@ class ChannelAffine(AdapterMethod):
             return out
         if self.scale_init is not None:
             out = out * channelwise(self.channel_vector(f'scale_{name}', name, layer, ctx), out)
-        return out + channelwise(self.channel_vector(f'{self.shift_prefix}_{name}', name, layer, ctx), out)
+        return out + channelwise(
+            self.channel_vector(f'{self.shift_prefix}_{name}', name, layer, ctx), out)
 
     def merge_into(self, backbone):
         # (W x + b) * scale + shift = (scale W) x + (scale b + shift)
         for op in self.ops:
             for layer in self.op_layers(op):
-                scale = None if self.scale_init is None else self.channel_vector(f'scale_{op}', op, layer)
+                scale = (None if self.scale_init is None
+                         else self.channel_vector(f'scale_{op}', op, layer))
                 fold_affine(op_module(backbone, layer, op), scale,
                             self.channel_vector(f'{self.shift_prefix}_{op}', op, layer))
 

@@ -6,6 +6,7 @@ conv or norm, W x + b + d is the operation with bias b + d, so the frozen weight
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
+
 from ..utils.protocols import adamw_grid
 from .base import ChannelAffine
 
@@ -41,7 +42,8 @@ class BitFit(ChannelAffine):
 
     @classmethod
     def config_recipe(cls, benchmark, task):
-        return dict(note='lr 1e-3, wd 1e-4, batch 64: our default; no source gives a BitFit recipe here.')
+        return dict(
+            note='lr 1e-3, wd 1e-4, batch 64: our default; no source gives a BitFit recipe here.')
     shift_prefix = 'bias'
     shift_init = staticmethod(nn.init.zeros_)
 
@@ -51,11 +53,13 @@ class BitFit(ChannelAffine):
         if position_bias:
             entries = self.position_bias_entries
             if entries is None:
-                raise ValueError('BitFit position_bias=True: this backbone has no relative-position '
-                                 'bias tables (Swin has)')
+                raise ValueError('BitFit position_bias=True: this backbone has no '
+                                 'relative-position bias tables (Swin has)')
             if any(len(set(entries[start:end])) > 1 for start, end in self.stages):
-                raise ValueError(f'BitFit position_bias=True needs one table size per stage, got {entries}')
-            self.op_parameter('bias_position', 'position_bias', lambda rows, heads: (rows, heads), nn.init.zeros_)
+                raise ValueError('BitFit position_bias=True needs one table size per stage, '
+                                 f'got {entries}')
+            self.op_parameter('bias_position', 'position_bias', lambda rows, heads: (rows, heads),
+                              nn.init.zeros_)
 
     def backbone_ops(self):
         return tuple(op for op in super().backbone_ops() if op != 'qkv' or self.qkv_bias)
@@ -64,7 +68,7 @@ class BitFit(ChannelAffine):
         if name == 'position_bias':  # the table changed, then looked up
             if not self.position_bias:
                 return module(x)
-            return module(x + self.per_sample(ctx, 'bias_position', layer).to(x.dtype))
+            return module(x + ctx.per_sample(ctx.at('bias_position', layer)).to(x.dtype))
         return super().adapt(ctx, layer, name, module, x)
 
     def merge_into(self, backbone):
@@ -72,7 +76,7 @@ class BitFit(ChannelAffine):
         if self.position_bias:
             for layer, block in enumerate(backbone.blocks):
                 table = block.attn.relative_position_bias_table
-                table.add_(self.at(self.bias_position, layer).to(table))
+                table.add_(self.layer_of(self.bias_position, layer).to(table))
 
     def extra_repr(self):
         return super().extra_repr() + f', position_bias={self.position_bias}'

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvpt.registry import MODELS
+
 from ..utils.protocols import adamw_grid
 from .base import channelwise
 from .lora import LORA_TARGETS, LoRA, target_module, target_rows
@@ -53,7 +54,7 @@ class DoRA(LoRA):
                 module = target_module(backbone, layer, target)
                 frozen = module.weight[target_rows(module, target)]
                 weight = super().merged_weight(layer, target, frozen)
-                magnitude = self.at(getattr(self, f'magnitude_{target}'), layer)
+                magnitude = self.layer_of(getattr(self, f'magnitude_{target}'), layer)
                 magnitude.copy_(torch.linalg.vector_norm(weight, dim=-1))
 
     def changed(self, ctx, layer, target, module, x, out):
@@ -74,5 +75,5 @@ class DoRA(LoRA):
     def merged_weight(self, layer, target, weight):
         # W' = m / ||W + s B A|| (W + s B A); the bias stays
         weight = super().merged_weight(layer, target, weight)
-        magnitude = self.at(getattr(self, f'magnitude_{target}'), layer).to(weight)
+        magnitude = self.layer_of(getattr(self, f'magnitude_{target}'), layer).to(weight)
         return (magnitude / torch.linalg.vector_norm(weight, dim=-1)).unsqueeze(-1) * weight

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvpt.registry import MODELS
+
 from ..prompts.base import check_positive
 from ..utils.protocols import adamw_grid, fixed_recipe
 from .base import QKV_ROWS, AdapterMethod, kaiming_rows, noah_recipe, op_module
@@ -69,8 +70,8 @@ class LoRA(AdapterMethod):
 
     def update(self, ctx, layer, target, x):
         """s B A x for block ``layer``'s ``target`` on ``x`` (B, ..., in)."""
-        a = self.per_sample(ctx, f'lora_a_{target}', layer)  # (B | 1, r, in)
-        b = self.per_sample(ctx, f'lora_b_{target}', layer)  # (B | 1, out, r)
+        a = ctx.per_sample(ctx.at(f'lora_a_{target}', layer))  # (B | 1, r, in)
+        b = ctx.per_sample(ctx.at(f'lora_b_{target}', layer))  # (B | 1, out, r)
         shape = x.shape
         h = x.reshape(shape[0], -1, shape[-1]) @ a.transpose(-1, -2).to(x.dtype)
         return ((h @ b.transpose(-1, -2).to(x.dtype)) * self.scale).view(*shape[:-1], -1)
@@ -98,7 +99,7 @@ class LoRA(AdapterMethod):
     def merged_weight(self, layer, target, weight):
         """``weight`` (the rows of block ``layer``'s frozen ``target``) with the method folded
         in: W + s B A."""
-        a, b = (self.at(getattr(self, f'lora_{p}_{target}'), layer) for p in 'ab')
+        a, b = (self.layer_of(getattr(self, f'lora_{p}_{target}'), layer) for p in 'ab')
         return weight + (self.scale * b @ a).to(weight)
 
     def merge_into(self, backbone):

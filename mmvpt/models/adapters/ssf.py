@@ -5,6 +5,7 @@ patch projection before the embedding's norm and each patch merging's norm."""
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
+
 from ..utils.protocols import fixed_recipe
 from .base import BLOCK_OPS, OUTER_OPS, ChannelAffine
 

@@ -2,6 +2,7 @@
 plugged in through one block routine, pretrained weights through ``init_cfg``, and
 tuned-only checkpoints loading on top of them by any route."""
 from functools import partial
+from typing import Callable, NamedTuple, Optional
 
 import timm
 import torch
@@ -13,11 +14,31 @@ from timm.layers.format import Format, nchw_to
 from torch.utils.checkpoint import checkpoint
 
 from mmvpt.registry import MODELS
+
 from ..prompts.base import PromptMethod, check_method_options
 from ..utils.attention import join_kv, mlp_forward, num_keys, project_kv, run_op
 from ..utils.tuned_state import check_checkpoint_fit
 
 _IDENTITY = nn.Identity()
+
+
+class AttentionInputs(NamedTuple):
+    """What a prompted block's attention takes beside its normalised sequence
+    (:meth:`PromptedBackbone.attend`)."""
+    #: (H, W) of the image tokens, the sequence's last H * W
+    grid: tuple
+    #: prompts carried in the sequence between the prefix and the image tokens (they query)
+    num_carried: int = 0
+    #: extra (keys, values), each (H, E, d) or (1|B, H, E, d) in head space, joined before
+    #: and after the sequence's keys; or None
+    before: Optional[tuple] = None
+    after: Optional[tuple] = None
+    #: (B, keys) bool over [before, sequence, after]: False for keys no query may see; or None
+    key_mask: Optional[torch.Tensor] = None
+    #: also return the CLS query's attention row over every key
+    cls_row: bool = False
+    #: the block's frozen operations through the method's ``adapt`` (:meth:`op_of`), or None
+    op: Optional[Callable] = None
 
 
 class PromptedBackbone(BaseModule):
@@ -37,6 +58,8 @@ class PromptedBackbone(BaseModule):
     #: the block whose own prompts' outputs are used (pooled), or None: its prompts join
     #: the sequence instead of entering as keys and values only
     prompt_outputs_layer = None
+    #: gradient checkpointing of every block (:meth:`run_block`); a backbone option
+    with_cp = False
 
     def __init__(self, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
@@ -76,10 +99,12 @@ class PromptedBackbone(BaseModule):
         """Freezes the timm model if asked and builds the prompt method (or None)."""
         if frozen:
             self.timm_model.requires_grad_(False)
-        method_class = MODELS.get(prompt['type']) if isinstance(prompt, dict) and 'type' in prompt else None
+        method_class = (MODELS.get(prompt['type'])
+                        if isinstance(prompt, dict) and 'type' in prompt else None)
         if isinstance(method_class, type) and issubclass(method_class, PromptMethod):
             check_method_options(method_class, prompt)
-        method_args.setdefault('patch_norm', not isinstance(self.timm_model.patch_embed.norm, nn.Identity))
+        method_args.setdefault('patch_norm',
+                               not isinstance(self.timm_model.patch_embed.norm, nn.Identity))
         self.prompt = None if prompt is None else MODELS.build(prompt, default_args=method_args)
         # what the method derives from the frozen weights fits them from the start, whatever
         # weights come later
@@ -100,33 +125,66 @@ class PromptedBackbone(BaseModule):
 
     def forward_block(self, layer, x, ctx, grid):
         """Block ``layer`` on the (B, S, C) sequence [prefix, carried prompts, image tokens
-        of ``grid``], with the method's extension points:
+        of ``grid``], with the method's extension points where they act:
+
+        - keys and values (:meth:`attention_inputs`): the block's own prompt ``tokens``,
+          ``sequence_tokens`` joining the sequence, extra ``kv``;
+        - ``adapt``: each frozen operation's output (norms, projections, MLP linears);
+        - the residual stream, in block order (``term``: ``residual_term`` at the named
+          point; SA and MLP the whole branches, with norm, layer scale and drop-path)::
+
+              x = x + term('before_attn')
+              x = x + branch('attn', SA(LN1 x)) + term('beside_attn')
+              x = x + term('after_attn')
+              x = x + branch('mlp', MLP(LN2 x + term('mlp_input')))
+              x = x + term('after_mlp')
+
+        - ``after_block``: the output, given the CLS attention row over the image tokens.
+
+        The method answers per task; what it returns is gathered per sample.
+        """
+        block, method = self.blocks[layer], self.prompt
+        if method is None:
+            return self.plain_block(block, x, grid)
+        x, inputs = self.attention_inputs(layer, x, ctx, grid)
+        op = inputs.op
+
+        def term(where, h):
+            return method.residual_term(ctx, layer, where, h, block.attn)
+
+        x = _plus(x, term('before_attn', x))
+        attended, row = self.attend(block, run_op(op, 'norm1', block.norm1, x), inputs)
+        attended = block.drop_path1(getattr(block, 'ls1', _IDENTITY)(attended))
+        x = _plus(x + method.branch(ctx, layer, 'attn', x, attended), term('beside_attn', x))
+        x = _plus(x, term('after_attn', x))
+        h = _plus(run_op(op, 'norm2', block.norm2, x), term('mlp_input', x))
+        mlp = block.mlp(h) if op is None else mlp_forward(block.mlp, h, op)
+        x = x + method.branch(ctx, layer, 'mlp', x,
+                              block.drop_path2(getattr(block, 'ls2', _IDENTITY)(mlp)))
+        x = _plus(x, term('after_mlp', x))
+        if inputs.cls_row:
+            image_start = self.num_prefix_tokens + inputs.num_carried
+            key_start = num_keys(inputs.before) + image_start
+            num_image = grid[0] * grid[1]
+            x = method.after_block(ctx, layer, x, row[:, key_start:key_start + num_image],
+                                   image_start)
+        return x
+
+    def attention_inputs(self, layer, x, ctx, grid):
+        """The sequence block ``layer`` attends over and what its attention takes beside it
+        (:class:`AttentionInputs`), from the method's prompts:
 
         - the block's prompt tokens (``tokens``) replace the previous block's. Their outputs
           would never be used, so they enter as keys and values only (LN1 and the K/V rows
           of the frozen qkv projection): no prompt query, attention row, output projection
           or MLP is computed for them. Where their outputs are used
-          (``prompt_outputs_layer``) they join the sequence, as ``sequence_tokens`` do;
-        - extra keys and values (``kv``), before and after the sequence's keys;
-        - a cross-attention term (``cross_attend``) at position 1..5:
-
-          1. x += CA(x); x += SA(x); x += MLP(LN2 x)
-          2. x += SA(x) + CA(x); x += MLP(LN2 x)
-          3. x += SA(x); x += CA(x); x += MLP(LN2 x)
-          4. x += SA(x); x += MLP(LN2 x + CA(x))
-          5. x += SA(x); x += MLP(LN2 x); x += CA(x)
-
-          SA and MLP are the whole branches (norm, layer scale, drop-path); CA gets
-          neither norm nor drop-path;
-        - the CLS attention row over the image tokens (``after_block``).
-
-        The method answers per task; what it returns is gathered per sample here.
+          (``prompt_outputs_layer``) they join the sequence, as ``sequence_tokens`` do,
+          replacing the prompts the sequence carried;
+        - extra keys and values (``kv``), before and after the sequence's keys.
         """
         block, method = self.blocks[layer], self.prompt
-        if method is None:
-            return self.plain_block(block, x, grid)
-        B, num_image, prefix = x.shape[0], grid[0] * grid[1], self.num_prefix_tokens
-        num_carried = x.shape[1] - prefix - num_image
+        B, prefix = x.shape[0], self.num_prefix_tokens
+        num_carried = x.shape[1] - prefix - grid[0] * grid[1]
         before, after = (ctx.per_sample(kv) for kv in method.kv(ctx, layer))
         tokens, key_mask = method.tokens(ctx, layer), None
         joining = method.sequence_tokens(ctx, layer)
@@ -144,30 +202,12 @@ class PromptedBackbone(BaseModule):
             prompt_mask = ctx.per_sample(method.prompt_mask(ctx, layer))
             if prompt_mask is not None:  # keys: [before, these prompts, sequence, after]
                 ones = prompt_mask.new_ones
+                sequence_and_after = self.sequence_keys(block, x, num_carried) + num_keys(after)
                 key_mask = torch.cat([ones(B, num_keys(before)), prompt_mask,
-                                      ones(B, self.sequence_keys(block, x, num_carried) + num_keys(after))], 1)
+                                      ones(B, sequence_and_after)], 1)
             before = join_kv(before, ctx.per_sample(project_kv(block.attn, block.norm1(tokens))))
-        wants_row = method.wants_cls_attention(layer)
-        op = self.op_of(ctx, layer)
-
-        def cross_attend(position, h):
-            return method.cross_attend(ctx, layer, position, h, block.attn)
-
-        x = _plus(x, cross_attend(1, x))
-        attended, row = self.attend(block, run_op(op, 'norm1', block.norm1, x), grid, num_carried,
-                                    before, after, key_mask, wants_row, op)
-        attended = block.drop_path1(getattr(block, 'ls1', _IDENTITY)(attended))
-        x = _plus(x + method.branch(ctx, layer, 'attn', x, attended), cross_attend(2, x))
-        x = _plus(x, cross_attend(3, x))
-        h = _plus(run_op(op, 'norm2', block.norm2, x), cross_attend(4, x))
-        mlp = block.mlp(h) if op is None else mlp_forward(block.mlp, h, op)
-        x = x + method.branch(ctx, layer, 'mlp', x, block.drop_path2(getattr(block, 'ls2', _IDENTITY)(mlp)))
-        x = _plus(x, cross_attend(5, x))
-        if wants_row:
-            image_start = prefix + num_carried
-            key_start = num_keys(before) + image_start
-            x = method.after_block(ctx, layer, x, row[:, key_start:key_start + num_image], image_start)
-        return x
+        return x, AttentionInputs(grid, num_carried, before, after, key_mask,
+                                  method.wants_cls_attention(layer), self.op_of(ctx, layer))
 
     def op_of(self, ctx, layer):
         """``op(name, module, x)`` that runs block ``layer``'s (or, with ``layer`` None, the
@@ -189,10 +229,10 @@ class PromptedBackbone(BaseModule):
         x = op('patch_proj', partial(project_patches, patch_embed), img)
         return op('patch_embed', patch_embed.norm, x)
 
-    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row, op):
-        """Block attention on the normalised sequence ``x`` with extra keys/values, its
-        projections through ``op`` (:meth:`op_of`): (B, S, C) outputs, and the CLS attention
-        row over every key if ``cls_row``, else None."""
+    def attend(self, block, x, inputs):
+        """Block attention on the normalised sequence ``x`` with what :class:`AttentionInputs`
+        ``inputs`` adds: (B, S, C) outputs, and the CLS attention row over every key if
+        ``inputs.cls_row``, else None."""
         raise NotImplementedError
 
     def plain_block(self, block, x, grid):
@@ -223,7 +263,8 @@ class PromptedBackbone(BaseModule):
     def pretrained_checkpoint(self):
         """The checkpoint file of a ``Pretrained`` ``init_cfg``, else None."""
         cfg = self.init_cfg
-        return cfg['checkpoint'] if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' else None
+        return (cfg['checkpoint'] if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'
+                else None)
 
     @staticmethod
     def _record_pretrained(backbone, state_dict, prefix, local_metadata):
@@ -240,8 +281,8 @@ class PromptedBackbone(BaseModule):
 
         A backbone whose weights are not in place yet loads its ``init_cfg`` checkpoint
         first (or, when a loader dropped ``init_cfg``, the one the checkpoint was tuned on, as
-        its metadata records); then the frozen tensors are handed to the load with the checkpoint's, so it
-        is complete (strict loading passes, nothing is reported missing). Without a
+        its metadata records); then the frozen tensors are handed to the load with the checkpoint's,
+        so it is complete (strict loading passes, nothing is reported missing). Without a
         pretrained checkpoint to load, the frozen part would stay random: that fails, and
         so does a checkpoint whose prompt tensors do not fit.
         """
@@ -286,8 +327,9 @@ class PromptedBackbone(BaseModule):
             raise ValueError('a method holding several tasks cannot be merged into one backbone')
         merge_into = getattr(method, 'merge_into', None)
         if merge_into is None:
-            raise NotImplementedError(f'{type(method).__name__} adds tokens, keys or a cross-attention: '
-                                      'it cannot be merged into the frozen weights')
+            raise NotImplementedError(
+                f'{type(method).__name__} adds tokens, keys or a cross-attention: '
+                'it cannot be merged into the frozen weights')
         with torch.no_grad():
             merge_into(self)
         self.prompt = None

@@ -2,10 +2,15 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.swin_transformer import (PatchMerging, SwinTransformer, SwinTransformerBlock,
-                                          WindowAttention)
+from timm.models.swin_transformer import (
+    PatchMerging,
+    SwinTransformer,
+    SwinTransformerBlock,
+    WindowAttention,
+)
 
 from mmvpt.registry import MODELS
+
 from ..utils.attention import run_op, window_attention
 from ..utils.swin_checkpoint import load_swin_pretrained
 from .base import PromptedBackbone, _mlp_dim
@@ -88,7 +93,8 @@ class PromptedSwin(PromptedBackbone):
         self.patch_mergings = {}
         for index, stage in enumerate(swin.layers):
             if not isinstance(stage.downsample, nn.Identity):
-                self.patch_mergings[sum(len(s.blocks) for s in swin.layers[:index])] = stage.downsample
+                self.patch_mergings[
+                    sum(len(s.blocks) for s in swin.layers[:index])] = stage.downsample
         self.build_prompt(
             frozen, prompt, num_layers=self.num_layers,
             embed_dim=[b.norm1.normalized_shape[0] for b in self.blocks],
@@ -96,8 +102,10 @@ class PromptedSwin(PromptedBackbone):
             patch_size=swin.patch_embed.patch_size[0],
             qkv_bias=self.blocks[0].attn.qkv.bias is not None, has_cls_token=False,
             mlp_dim=[_mlp_dim(b) for b in self.blocks],
-            patch_mergings=tuple((layer, m.norm.normalized_shape[0]) for layer, m in self.patch_mergings.items()),
-            position_bias_entries=[b.attn.relative_position_bias_table.shape[0] for b in self.blocks])
+            patch_mergings=tuple((layer, m.norm.normalized_shape[0])
+                                 for layer, m in self.patch_mergings.items()),
+            position_bias_entries=[b.attn.relative_position_bias_table.shape[0]
+                                   for b in self.blocks])
 
     @property
     def timm_model(self):
@@ -118,17 +126,19 @@ class PromptedSwin(PromptedBackbone):
                 if type(s.downsample) not in (PatchMerging, nn.Identity)}
         if odd:
             raise ValueError(f'PromptedSwin arch={arch!r} uses {sorted(odd)}; prompt methods '
-                             'plug into timm SwinTransformerBlock / WindowAttention / PatchMerging only')
+                             'plug into timm SwinTransformerBlock / WindowAttention / '
+                             'PatchMerging only')
 
     def load_pretrained(self, path):
         load_swin_pretrained(self.swin, path)
 
     # -- forward -------------------------------------------------------------------------
-    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row, op):
-        if cls_row:
+    def attend(self, block, x, inputs):
+        if inputs.cls_row:
             raise ValueError(f'{type(self.prompt).__name__} asks for the CLS attention row; '
                              'PromptedSwin has no CLS token')
-        return window_attention(block, x, grid, before, after, key_mask, num_carried, op), None
+        return window_attention(block, x, inputs.grid, inputs.before, inputs.after,
+                                inputs.key_mask, inputs.num_carried, inputs.op), None
 
     def plain_block(self, block, x, grid):
         return block(x.unflatten(1, grid)).flatten(1, 2)

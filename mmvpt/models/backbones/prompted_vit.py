@@ -4,6 +4,7 @@ from timm.layers import Attention, resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from mmvpt.registry import MODELS
+
 from ..utils.attention import run_op, self_attention
 from ..utils.vit_checkpoint import load_vit_pretrained
 from .base import PromptedBackbone, _mlp_dim
@@ -125,8 +126,9 @@ class PromptedViT(PromptedBackbone):
         x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
         return x, grid
 
-    def attend(self, block, x, grid, num_carried, before, after, key_mask, cls_row, op):
-        return self_attention(block.attn, x, before, after, key_mask, cls_row, op)
+    def attend(self, block, x, inputs):
+        return self_attention(block.attn, x, inputs.before, inputs.after, inputs.key_mask,
+                              inputs.cls_row, inputs.op)
 
     def plain_block(self, block, x, grid):
         return block(x)

@@ -14,8 +14,9 @@ point                asked                                     used by
 ``kv``               extra keys/values for block l's           E²VPT (key-value prompts)
                      attention, before and after the
                      sequence's keys, in head space
-``cross_attend``     a residual term at one of five places     CVPT
-                     of the block
+``residual_term``    a term added to the residual stream at    CVPT
+                     one of five named places of the block
+                     (:data:`RESIDUAL_POINTS`)
 ``after_block``      update of the tokens after block l, given iVPT (attentive
                      the CLS attention row over image tokens   reinforcement)
 ``adapt``            the output of a frozen operation (norm1,  LoRA, SSF, BitFit
@@ -30,6 +31,10 @@ point                asked                                     used by
                      it joins the residual stream), given the
                      stream it branched from
 ===================  ========================================  ==============================
+
+Two points act where the attention branch joins the residual stream: ``branch('attn')``
+changes the branch's output (an adapter on it), ``residual_term('beside_attn')`` adds a term of
+the method's own next to it (CVPT's position 2): ``x + branch(SA(x)) + term(x)``.
 
 ``start`` runs once per forward and returns what is the same for every block call of that
 forward (a :class:`ForwardContext`: mixed prompts, for instance, and every per-layer tensor
@@ -52,6 +57,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DROPOUT_MODES = ('sample', 'batch')
+#: where a method's :meth:`PromptMethod.residual_term` may join block l, in the order they act
+#: (SA and MLP: the whole branches, with norm, layer scale and drop-path; a term gets neither):
+#:
+#: - ``'before_attn'``: x += term(x); x += SA(x); x += MLP(x)
+#: - ``'beside_attn'``: x += SA(x) + term(x); x += MLP(x)
+#: - ``'after_attn'``: x += SA(x); x += term(x); x += MLP(x)
+#: - ``'mlp_input'``: x += SA(x); x += MLP(LN2 x + term(x)), the term entering the MLP
+#: - ``'after_mlp'``: x += SA(x); x += MLP(x); x += term(x)
+#:
+#: CVPT's paper numbers them 1..5 (:data:`mmvpt.models.prompts.cvpt.INSERT_POSITIONS`).
+RESIDUAL_POINTS = ('before_attn', 'beside_attn', 'after_attn', 'mlp_input', 'after_mlp')
 
 
 class ForwardContext:
@@ -118,6 +134,10 @@ class PromptMethod(nn.Module):
     display_name = None
     #: the per-forward context :meth:`start` returns
     context_class = ForwardContext
+    #: dropout on the prompts (:meth:`drop`): the rate and ``'sample'`` or ``'batch'``
+    #: (:data:`DROPOUT_MODES`); a method with prompts sets them by :meth:`set_prompt_dropout`
+    dropout = 0.
+    dropout_mode = 'sample'
     #: names of the method's per-layer tensors that :meth:`start` slices into layers for
     #: the forward (``ctx.at(name, layer)``)
     per_layer = ()
@@ -154,6 +174,13 @@ class PromptMethod(nn.Module):
         """Options the method needs on ``backbone`` (``'vit'`` or ``'swin'``) beyond the
         ones it is given (iVPT: no attentive reinforcement without a CLS token)."""
         return {}
+
+    @classmethod
+    def canonical_options(cls, options):
+        """``options`` (a config's) with every value spelled as the method keeps it, so that
+        two spellings of one setting compare equal (CVPT: ``insert=3`` is
+        ``insert='after_attn'``)."""
+        return options
 
     @classmethod
     def benchmark_row(cls, name, backbone):
@@ -193,8 +220,9 @@ class PromptMethod(nn.Module):
         self.has_cls_token = has_cls_token
         self.patch_norm = patch_norm
         self.patch_mergings = tuple(tuple(m) for m in patch_mergings)
-        self.position_bias_entries = (None if position_bias_entries is None
-                                      else _per_layer('position_bias_entries', position_bias_entries, num_layers))
+        self.position_bias_entries = (
+            None if position_bias_entries is None
+            else _per_layer('position_bias_entries', position_bias_entries, num_layers))
         #: tasks stacked on the tuned tensors' leading axis (None: one task, no such axis)
         self.num_tasks = None
 
@@ -202,11 +230,12 @@ class PromptMethod(nn.Module):
     def stage_parameter(self, shape, init):
         """Per-layer tensors of shape ``shape(dim, heads)``: one ``(L, *shape)`` parameter
         for a single-width backbone, else an ``nn.ParameterList`` with one
-        ``(L_stage, *shape)`` parameter per stage. ``init(tensor, dim)`` fills each."""
+        ``(L_stage, *shape)`` parameter per stage. ``init(tensor)`` fills each stage's, as
+        every per-layer tensor's init (``op_parameter``'s too)."""
         tensors = []
         for start, end in self.stages:
             t = torch.empty(end - start, *shape(self.layer_dims[start], self.layer_heads[start]))
-            init(t, self.layer_dims[start])
+            init(t)
             tensors.append(nn.Parameter(t))
         return tensors[0] if len(tensors) == 1 else nn.ParameterList(tensors)
 
@@ -217,10 +246,11 @@ class PromptMethod(nn.Module):
                 return index, layer - start
         raise IndexError(f'layer {layer} of {self.num_layers}')
 
-    def at(self, param, layer):
+    def layer_of(self, param, layer):
         """Layer ``layer``'s slice of a :meth:`stage_parameter` (or of a list of per-stage
-        tensors, or of any per-layer tensor); with stacked tasks, of every task: (T, ...).
-        On the forward path read ``ctx.at`` instead (see :meth:`layers`)."""
+        tensors, or of any per-layer tensor) as held; with stacked tasks, of every task:
+        (T, ...). For merging and analysis: the forward reads ``ctx.at(name, layer)``,
+        sliced once per forward (see :meth:`layers`)."""
         if isinstance(param, (nn.ParameterList, list)):
             stage, layer = self.stage_of(layer)
             param = param[stage]
@@ -252,17 +282,26 @@ class PromptMethod(nn.Module):
             raise ValueError(
                 f'{type(self).__name__}: a per-sample task index needs tasks stacked by '
                 'mmvpt.apis.MultiTaskModel, and stacked tasks need one' if tasks is not None
-                else f'{type(self).__name__} holds {self.num_tasks} tasks: pass each sample\'s task')
+                else (f'{type(self).__name__} holds {self.num_tasks} tasks: '
+                      'pass each sample\'s task'))
         if tasks is not None and self.training:
-            raise RuntimeError(f'{type(self).__name__}: stacked tasks are for inference (eval mode)')
+            raise RuntimeError(
+                f'{type(self).__name__}: stacked tasks are for inference (eval mode)')
         layers = {name: self.layers(getattr(self, name)) for name in self.per_layer
                   if getattr(self, name) is not None}
         return self.context_class(batch_size, tasks, layers)
 
+    def set_prompt_dropout(self, dropout, mode):
+        """Checks and sets the prompt dropout :meth:`drop` applies."""
+        if not 0 <= dropout < 1:
+            raise ValueError(f'{type(self).__name__} dropout={dropout!r}: must be in [0, 1)')
+        check_choices(type(self).__name__, dropout_mode=(mode, DROPOUT_MODES))
+        self.dropout, self.dropout_mode = dropout, mode
+
     def drop(self, ctx, prompts):
-        """The method's prompt dropout (``self.dropout``, ``self.dropout_mode``) on one
-        layer's (1, P, D) prompts -> (1 or B, P, D). Stacked tasks serve in eval mode,
-        where their (T, P, D) prompts pass as they are."""
+        """The prompt dropout (:attr:`dropout`, :attr:`dropout_mode`) on one layer's
+        (1, P, D) prompts -> (1 or B, P, D). Stacked tasks serve in eval mode, where their
+        (T, P, D) prompts pass as they are."""
         return drop_prompts(prompts, ctx.batch_size, self.dropout, self.dropout_mode, self.training)
 
     def prompt_mask(self, ctx, layer):
@@ -306,9 +345,13 @@ class PromptMethod(nn.Module):
         return method.eval()
 
     def tokens(self, ctx, layer):
+        """Block ``layer``'s own prompt tokens (T, P, D), or None: they replace the previous
+        block's and enter as keys and values only (their outputs are never used)."""
         return None
 
     def sequence_tokens(self, ctx, layer):
+        """Prompt tokens (T, P, D) that join the sequence before block ``layer`` and stay in
+        it, or None."""
         return None
 
     def kv(self, ctx, layer):
@@ -316,10 +359,10 @@ class PromptMethod(nn.Module):
         after the sequence's keys, each (T, H, L, d) or None."""
         return None, None
 
-    def cross_attend(self, ctx, layer, position, x, attn):
-        """The residual term the method adds at ``position`` (1..5, see
-        :meth:`mmvpt.models.backbones.base.PromptedBackbone.forward_block`) of block
-        ``layer``, or None: most methods add none anywhere."""
+    def residual_term(self, ctx, layer, where, x, attn):
+        """The term the method adds to block ``layer``'s residual stream ``x`` at ``where``
+        (one of :data:`RESIDUAL_POINTS`), given the block's frozen attention ``attn``, or
+        None: most methods add none anywhere."""
         return None
 
     def adapt(self, ctx, layer, name, module, x):
@@ -338,9 +381,12 @@ class PromptMethod(nn.Module):
         return out
 
     def wants_cls_attention(self, layer):
+        """Whether :meth:`after_block` of block ``layer`` needs the CLS attention row."""
         return False
 
     def after_block(self, ctx, layer, x, cls_attention, image_start):
+        """Block ``layer``'s output sequence ``x`` updated, given the CLS query's attention
+        over the image tokens (B, N) and where they start in ``x``."""
         return x
 
     def derive_from_frozen(self, backbone):
@@ -366,7 +412,8 @@ def display_name(prompt, frozen=True):
     method = MODELS.get(name)
     if method is None:
         return name
-    return method.name_for(**options) if hasattr(method, 'name_for') else (method.display_name or name)
+    return (method.name_for(**options) if hasattr(method, 'name_for')
+            else (method.display_name or name))
 
 
 def method_options(method_class):
@@ -378,7 +425,8 @@ def method_options(method_class):
         if cls is PromptMethod or cls is nn.Module or cls is object:
             break
         params = inspect.signature(cls.__init__).parameters.values()
-        options.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        options.update(p.name for p in params
+                       if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
     options.discard('self')
@@ -411,13 +459,22 @@ def vpt_init_bound(patch_size, dim):
     return math.sqrt(6. / float(3 * patch_size * patch_size + dim))
 
 
-def vpt_uniform(patch_size, width=None):
-    """A :meth:`PromptMethod.stage_parameter` init: VPT's uniform(-v, v), v from each
-    stage's width (or ``width``)."""
-    def init(tensor, dim):
-        bound = vpt_init_bound(patch_size, width or dim)
+def vpt_uniform(patch_size):
+    """A per-layer tensor init: VPT's uniform(-v, v), v from the prompts' width (the
+    tensor's last dimension)."""
+    def init(tensor):
+        bound = vpt_init_bound(patch_size, tensor.shape[-1])
         nn.init.uniform_(tensor, -bound, bound)
     return init
+
+
+def each_layer(init):
+    """A per-layer tensor init that runs ``init`` on each layer's slice (its fan-in and
+    fan-out are a layer's, not the whole tensor's)."""
+    def init_layers(tensor):
+        for layer in tensor:
+            init(layer)
+    return init_layers
 
 
 def check_choices(owner, **options):
@@ -426,12 +483,6 @@ def check_choices(owner, **options):
     for name, (value, choices) in options.items():
         if value not in choices:
             raise ValueError(f'{owner} {name}={value!r}: choose one of {tuple(choices)}')
-
-
-def check_dropout(dropout, dropout_mode):
-    if not 0 <= dropout < 1:
-        raise ValueError(f'prompt dropout={dropout!r}: must be in [0, 1)')
-    check_choices('prompt', dropout_mode=(dropout_mode, DROPOUT_MODES))
 
 
 def drop_prompts(prompts, batch_size, p, mode, training):
@@ -447,7 +498,8 @@ def drop_prompts(prompts, batch_size, p, mode, training):
 
 def check_positive(name, value, allow_zero=False):
     if not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f'{name}={value!r}: must be a {"non-negative" if allow_zero else "positive"} int')
+        raise ValueError(
+            f'{name}={value!r}: must be a {"non-negative" if allow_zero else "positive"} int')
 
 
 def uniform_prompts(shape, bound):

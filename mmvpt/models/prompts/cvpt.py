@@ -6,11 +6,13 @@ import torch.nn as nn
 from timm.layers import Attention
 
 from mmvpt.registry import MODELS
+
 from ..utils.attention import cross_attention, cross_attention_prompts
 from ..utils.protocols import fixed_recipe
-from .base import (PromptMethod, check_choices, check_dropout, check_positive, vpt_uniform)
+from .base import RESIDUAL_POINTS, PromptMethod, check_choices, check_positive, vpt_uniform
 
-INSERT_POSITIONS = (1, 2, 3, 4, 5)
+#: the paper's insert positions 1..5: the block's residual points, numbered in block order
+INSERT_POSITIONS = dict(enumerate(RESIDUAL_POINTS, start=1))
 CA_INITS = ('shared', 'random')
 PROMPT_INITS = ('xavier', 'vpt')
 # Prompts / lr per VTAB-1k task; prompts / lr / wd / batch per FGVC task (the CVPT paper).
@@ -29,17 +31,18 @@ CVPT_FGVC = dict(cub=(5, 5e-4, 0.05, 32), cars=(100, 2e-3, 0.05, 16), dogs=(10, 
 class CVPT(PromptMethod):
     """Cross visual prompt tuning.
 
-    Per block, CA(x) = softmax(q(x) k(P)^T / sqrt(d)) v(P) W_o joins the block at ``insert``:
+    Per block, CA(x) = softmax(q(x) k(P)^T / sqrt(d)) v(P) W_o joins the block at ``insert``
+    (the paper's numbers, and the names of the block's residual points):
 
-    1. x += CA(x); x += SA(LN1 x); x += MLP(LN2 x)
-    2. x += SA(LN1 x) + CA(x); x += MLP(LN2 x)
-    3. x += SA(LN1 x); x += CA(x); x += MLP(LN2 x)   (default)
-    4. x += SA(LN1 x); x += MLP(LN2 x + CA(x))
-    5. x += SA(LN1 x); x += MLP(LN2 x); x += CA(x)
+    1. ``'before_attn'``: x += CA(x); x += SA(LN1 x); x += MLP(LN2 x)
+    2. ``'beside_attn'``: x += SA(LN1 x) + CA(x); x += MLP(LN2 x)
+    3. ``'after_attn'``: x += SA(LN1 x); x += CA(x); x += MLP(LN2 x)   (default)
+    4. ``'mlp_input'``: x += SA(LN1 x); x += MLP(LN2 x + CA(x))
+    5. ``'after_mlp'``: x += SA(LN1 x); x += MLP(LN2 x); x += CA(x)
 
     Args:
         num_tokens: prompts per block (P).
-        insert: position 1..5 above.
+        insert: where CA joins: a name above or the paper's number 1..5.
         dropout: dropout on the prompts (0.1).
         dropout_mode: ``'sample'`` (authors: per-sample masks, so prompt keys/values are
             computed per sample while training) or ``'batch'`` (one mask, computed once).
@@ -79,24 +82,22 @@ class CVPT(PromptMethod):
     per_layer = ('prompts', )
     derived_from_frozen = ('cross_attn', )
 
-    def __init__(self, num_tokens=10, insert=3, dropout=0.1, dropout_mode='sample',
+    def __init__(self, num_tokens=10, insert='after_attn', dropout=0.1, dropout_mode='sample',
                  init='xavier', ca_init='shared', ca_trainable=False, **backbone):
         super().__init__(**backbone)
         check_positive('num_tokens', num_tokens)
-        check_dropout(dropout, dropout_mode)
-        check_choices('CVPT', insert=(insert, INSERT_POSITIONS), init=(init, PROMPT_INITS),
-                      ca_init=(ca_init, CA_INITS))
+        check_choices('CVPT', init=(init, PROMPT_INITS), ca_init=(ca_init, CA_INITS))
         self.num_tokens = num_tokens
-        self.insert = insert
-        self.dropout = dropout
-        self.dropout_mode = dropout_mode
+        #: the residual point CA joins at (a name of :data:`RESIDUAL_POINTS`)
+        self.insert = self.insert_point(insert)
+        self.set_prompt_dropout(dropout, dropout_mode)
         self.ca_init = ca_init
         self.ca_trainable = ca_trainable
 
         # xavier_uniform over each stage's whole (L, P, D) tensor: bound sqrt(6 / (D * (P + L)))
         self.prompts = self.stage_parameter(
             lambda dim, heads: (num_tokens, dim),
-            (lambda t, dim: nn.init.xavier_uniform_(t)) if init == 'xavier' else vpt_uniform(self.patch_size))
+            nn.init.xavier_uniform_ if init == 'xavier' else vpt_uniform(self.patch_size))
 
         self.cross_attn = None
         if self.owns_cross_attention:
@@ -106,6 +107,24 @@ class CVPT(PromptMethod):
             self.cross_attn.requires_grad_(ca_trainable)
         if self.cross_attn is None or ca_init != 'shared':
             self.derived_from_frozen = ()  # the frozen blocks' own, or a random init
+
+    @staticmethod
+    def insert_point(insert):
+        """The residual point named by ``insert``: a name, or the paper's number 1..5."""
+        if insert in RESIDUAL_POINTS:
+            return insert
+        if isinstance(insert, int) and not isinstance(insert, bool) and insert in INSERT_POSITIONS:
+            return INSERT_POSITIONS[insert]
+        raise ValueError(f'CVPT insert={insert!r}: choose one of {RESIDUAL_POINTS} or the '
+                         f"paper's numbers 1..{len(RESIDUAL_POINTS)}")
+
+    @classmethod
+    def canonical_options(cls, options):
+        """``options`` with ``insert`` as its name, so that ``insert=3`` and
+        ``insert='after_attn'`` compare equal."""
+        if 'insert' in options:
+            options = {**options, 'insert': cls.insert_point(options['insert'])}
+        return options
 
     @property
     def owns_cross_attention(self):
@@ -132,8 +151,8 @@ class CVPT(PromptMethod):
                 'stacking serves the weight-shared frozen cross-attention (ca_init=\'shared\', '
                 'ca_trainable=False)')
 
-    def cross_attend(self, ctx, layer, position, x, attn):
-        if position != self.insert:
+    def residual_term(self, ctx, layer, where, x, attn):
+        if where != self.insert:
             return None
         prompts = self.drop(ctx, ctx.at('prompts', layer))
         ca = attn if self.cross_attn is None else self.cross_attn[layer]
@@ -141,5 +160,5 @@ class CVPT(PromptMethod):
         return cross_attention(ca, x, ctx.per_sample(cross_attention_prompts(ca, x, prompts)))
 
     def extra_repr(self):
-        return (f'num_tokens={self.num_tokens}, insert={self.insert}, ca_init={self.ca_init!r}, '
+        return (f'num_tokens={self.num_tokens}, insert={self.insert!r}, ca_init={self.ca_init!r}, '
                 f'ca_trainable={self.ca_trainable}')

@@ -4,14 +4,16 @@ import torch
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
+
 from ..utils.protocols import vpt_protocol
-from .base import (ForwardContext, PromptMethod, check_choices, check_dropout, check_positive,
-                   vpt_init_bound)
-
-
-def _no_init(tensor, dim):
-    """``reset_parameters`` fills the prompts."""
-
+from .base import (
+    ForwardContext,
+    PromptMethod,
+    check_choices,
+    check_positive,
+    each_layer,
+    vpt_uniform,
+)
 
 PRUNE_MODES = ('remove', 'mask')
 SEGMENT_LAYOUTS = ('contiguous', 'interleaved')
@@ -115,7 +117,6 @@ class E2VPT(PromptMethod):
         super().__init__(**backbone)
         check_positive('num_tokens', num_tokens, allow_zero=True)
         check_positive('num_kv_tokens', num_kv_tokens, allow_zero=True)
-        check_dropout(dropout, dropout_mode)
         check_choices('E2VPT', kv_location=(kv_location, KV_LOCATIONS),
                       segment_layout=(segment_layout, SEGMENT_LAYOUTS),
                       prune_mode=(prune_mode, PRUNE_MODES))
@@ -128,8 +129,7 @@ class E2VPT(PromptMethod):
         self.num_kv_tokens = num_kv_tokens
         self.share_kv = share_kv
         self.kv_location = kv_location
-        self.dropout = dropout
-        self.dropout_mode = dropout_mode
+        self.set_prompt_dropout(dropout, dropout_mode)
         self.num_segments = num_segments
         self.segment_layout = segment_layout
         self.prune_mode = prune_mode
@@ -139,8 +139,9 @@ class E2VPT(PromptMethod):
         # Pruning reaches the first stage only (all of a ViT; Swin's deeper windows lost
         # accuracy in the paper); the masks of later layers stay all ones.
         self.prunable_layers = slice(*self.stages[0])
-        self.prompts = self.stage_parameter(lambda dim, heads: (num_tokens, dim), _no_init) \
-            if num_tokens else None
+        self.prompts = (
+            self.stage_parameter(lambda dim, heads: (num_tokens, dim), self.init_prompts)
+            if num_tokens else None)
         self.register_buffer('token_mask', torch.ones(L, num_tokens))
         self.register_buffer('segment_mask', torch.ones(L, num_tokens, num_segments))
         # Not per layer: the official code multiplies every layer's prompts by the same two
@@ -153,28 +154,31 @@ class E2VPT(PromptMethod):
         if num_kv_tokens:
             def kv_shape(dim, heads):
                 return heads, num_kv_tokens, dim // heads
-            self.kv_prompts = self.stage_parameter(kv_shape, _no_init)
+            self.kv_prompts = self.stage_parameter(kv_shape, self.init_kv_prompts)
             if not share_kv:
-                self.v_prompts = self.stage_parameter(kv_shape, _no_init)
-        self.reset_parameters()
+                self.v_prompts = self.stage_parameter(kv_shape, self.init_kv_prompts)
         self.masks_changed()
 
+    @property
+    def init_prompts(self):
+        """The visual prompts' init: VPT's uniform."""
+        return vpt_uniform(self.patch_size)
+
+    #: the key-value prompts' init: He uniform per block, fan_in = L_kv * d
+    init_kv_prompts = staticmethod(each_layer(nn.init.kaiming_uniform_))
+
     def reset_parameters(self):
-        """Fresh random prompts (VPT's uniform for visual, He uniform with
-        fan_in = L_kv * d for key-value prompts) and the gates (``learn_masks``) at ones,
-        their start; masks are left as they are."""
+        """Fresh random prompts, drawn as when the method was built, and the gates
+        (``learn_masks``) at ones, their start; masks are left as they are."""
         with torch.no_grad():
             for gate in (self.token_gate, self.segment_gate):
                 if gate is not None:
                     gate.fill_(1.)
-            if self.prompts is not None:
-                for prompts in self.stage_tensors(self.prompts):
-                    bound = vpt_init_bound(self.patch_size, prompts.shape[-1])
-                    prompts.uniform_(-bound, bound)
-            for kv in (self.kv_prompts, self.v_prompts):
-                for stage in ([] if kv is None else self.stage_tensors(kv)):
-                    for block_prompts in stage:
-                        nn.init.kaiming_uniform_(block_prompts)
+            for tensor, init in ((self.prompts, self.init_prompts),
+                                 (self.kv_prompts, self.init_kv_prompts),
+                                 (self.v_prompts, self.init_kv_prompts)):
+                for stage in ([] if tensor is None else self.stage_tensors(tensor)):
+                    init(stage)
 
     @property
     def prunable(self):
@@ -187,7 +191,8 @@ class E2VPT(PromptMethod):
             return 0
         total = 0
         for layer in range(self.num_layers):
-            segments, tokens = self.at(self.segment_mask, layer), self.at(self.token_mask, layer)
+            segments = self.layer_of(self.segment_mask, layer)
+            tokens = self.layer_of(self.token_mask, layer)
             dims = self.expand_segments(segments, layer) * tokens.unsqueeze(-1)
             total += dims.numel() - int(dims.sum().item())
         return total
@@ -213,7 +218,8 @@ class E2VPT(PromptMethod):
             tokens_pruned = not bool(kept_by_all.all())
             # Tokens every task pruned leave the sequence ('remove'); where tasks differ,
             # the token stays and a key mask hides it from the tasks that pruned it.
-            kept = [row.nonzero().flatten() for row in kept_by_any] if not bool(kept_by_any.all()) else None
+            kept = ([row.nonzero().flatten() for row in kept_by_any]
+                    if not bool(kept_by_any.all()) else None)
             masked = frozenset((kept_by_any != kept_by_all).any(-1).nonzero().flatten().tolist())
             segments_pruned = not bool(self.segment_mask.all())
         self._mask_state = (kept, masked, tokens_pruned, segments_pruned)

@@ -8,10 +8,17 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 from mmvpt.registry import MODELS
+
 from ..utils.attention import report_probe
 from ..utils.protocols import VPT_SOURCE, vpt_protocol
-from .base import (PromptMethod, check_choices, check_dropout, check_positive, uniform_prompts,
-                   vpt_init_bound, vpt_uniform)
+from .base import (
+    PromptMethod,
+    check_choices,
+    check_positive,
+    uniform_prompts,
+    vpt_init_bound,
+    vpt_uniform,
+)
 
 DA_INITS = ('identity', 'zeros')
 AR_INITS = ('vpt', 'zeros')
@@ -87,16 +94,15 @@ class IVPT(PromptMethod):
         super().__init__(**backbone)
         check_positive('num_tokens', num_tokens)
         check_positive('num_ar_tokens', num_ar_tokens, allow_zero=True)
-        check_dropout(dropout, dropout_mode)
         check_choices('IVPT', da_init=(da_init, DA_INITS), ar_init=(ar_init, AR_INITS))
         self.num_tokens = num_tokens
         self.num_ar_tokens = num_ar_tokens
         self.dynamic_aggregation = dynamic_aggregation
-        self.dropout = dropout
-        self.dropout_mode = dropout_mode
+        self.set_prompt_dropout(dropout, dropout_mode)
 
         L, N, D = self.num_layers, num_tokens, self.embed_dim
-        self.prompts = self.stage_parameter(lambda dim, heads: (N, dim), vpt_uniform(self.patch_size))
+        self.prompts = self.stage_parameter(lambda dim, heads: (N, dim),
+                                            vpt_uniform(self.patch_size))
         # Γ between adjacent blocks of the same stage
         num_connections = sum(end - start - 1 for start, end in self.stages)
         self.aggregation = None
@@ -112,7 +118,8 @@ class IVPT(PromptMethod):
         if num_ar_tokens and L > 1:
             bound = vpt_init_bound(self.patch_size, D)
             self.ar_prompts = (uniform_prompts((L - 1, num_ar_tokens, D), bound)
-                               if ar_init == 'vpt' else nn.Parameter(torch.zeros(L - 1, num_ar_tokens, D)))
+                               if ar_init == 'vpt'
+                               else nn.Parameter(torch.zeros(L - 1, num_ar_tokens, D)))
 
     def start(self, batch_size, tasks=None):
         ctx = super().start(batch_size, tasks)
@@ -126,7 +133,8 @@ class IVPT(PromptMethod):
             previous = prompts[:, :-1]
             if gamma is not None:
                 count = previous.shape[1]
-                previous = torch.matmul(gamma[:, first_connection:first_connection + count], previous)
+                previous = torch.matmul(gamma[:, first_connection:first_connection + count],
+                                        previous)
                 first_connection += count
             # the stage's first block takes its own prompts; block l P^l + Γ^{l-1} P^{l-1}
             mixed += [prompts[:, 0]] + list((prompts[:, 1:] + previous).unbind(1))

@@ -2,9 +2,9 @@
 import torch.nn as nn
 
 from mmvpt.registry import MODELS
+
 from ..utils.protocols import vpt_protocol
-from .base import (PromptMethod, check_dropout, check_positive, uniform_prompts, vpt_init_bound,
-                   vpt_uniform)
+from .base import PromptMethod, check_positive, uniform_prompts, vpt_init_bound, vpt_uniform
 
 # The prompt lengths VPT searched for ViT, chosen per task on the val split (VPT §4.1): in the
 # official code an outer loop by hand, one lr x wd grid per length (tune_vtab.py has no P axis).
@@ -69,19 +69,17 @@ class VPT(PromptMethod):
         check_positive('num_tokens', num_tokens)
         self.num_tokens = num_tokens
         self.deep = deep
-        self.dropout = (0.1 if deep else 0.) if dropout is None else dropout
-        check_dropout(self.dropout, dropout_mode)
-        self.dropout_mode = dropout_mode
+        self.set_prompt_dropout((0.1 if deep else 0.) if dropout is None else dropout, dropout_mode)
         if proj_dim and len(self.stages) > 1:
             raise ValueError('VPT proj_dim: the projection needs one token width; this backbone '
                              f'has {sorted(set(self.layer_dims))}')
         if not deep:
             width = proj_dim or self.embed_dim
-            self.prompts = uniform_prompts((1, num_tokens, width), vpt_init_bound(self.patch_size, width))
+            self.prompts = uniform_prompts((1, num_tokens, width),
+                                           vpt_init_bound(self.patch_size, width))
         else:
             self.prompts = self.stage_parameter(
-                lambda dim, heads: (num_tokens, proj_dim or dim),
-                vpt_uniform(self.patch_size, proj_dim))
+                lambda dim, heads: (num_tokens, proj_dim or dim), vpt_uniform(self.patch_size))
         self.proj = None
         if proj_dim:
             self.proj = nn.Linear(proj_dim, self.embed_dim)

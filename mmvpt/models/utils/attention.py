@@ -158,7 +158,8 @@ def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=Fals
     """
     B, N, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
-    q, k, v = run_op(op, 'qkv', attn.qkv, x).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = run_op(op, 'qkv', attn.qkv, x).reshape(B, N, 3, heads, head_dim).permute(
+        2, 0, 3, 1, 4).unbind(0)
     k = attn.k_norm(k)
     if before is not None or after is not None:
         # The joined keys and values are new tensors. A query of its own (one copy) lets
@@ -166,7 +167,8 @@ def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=Fals
         # the query would keep its key/value part alive too. In the tokens' dtype: float32
         # prompts would promote every joined key and value to float32 under autocast.
         q = q.contiguous()
-        before, after = (None if kv is None else tuple(_as_dtype(_expand_batch(t, B), k.dtype) for t in kv)
+        before, after = (None if kv is None
+                         else tuple(_as_dtype(_expand_batch(t, B), k.dtype) for t in kv)
                          for kv in (before, after))
         parts = [kv for kv in (before, (k, v), after) if kv is not None]
         k, v = (torch.cat(tensors, dim=2) for tensors in zip(*parts))
@@ -183,8 +185,8 @@ def self_attention(attn, x, before=None, after=None, key_mask=None, cls_row=Fals
     out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)
     out = attn.proj_drop(run_op(op, 'proj', attn.proj, attn.norm(out)))
     if getattr(attn, 'attention_probes', None):
-        report_probe(attn, 'self', attn=attn, probs=_probabilities(q, k, attn.scale, mask), output=out.detach(),
-                     num_before=num_keys(before), num_after=num_keys(after))
+        report_probe(attn, 'self', attn=attn, probs=_probabilities(q, k, attn.scale, mask),
+                     output=out.detach(), num_before=num_keys(before), num_after=num_keys(after))
     return out, row
 
 
@@ -268,7 +270,8 @@ def _fold_pays(attn, x, prompts, k):
     50 ms a step, plain at P=200 34 ms)."""
     if x.device.type != 'cpu':
         return False
-    if not (isinstance(_part(attn, 'q_norm'), nn.Identity) and isinstance(_part(attn, 'norm'), nn.Identity)):
+    if not (isinstance(_part(attn, 'q_norm'), nn.Identity)
+            and isinstance(_part(attn, 'norm'), nn.Identity)):
         return False
     num_prompts, (heads, _, width) = prompts.shape[1], _widths(attn)
     trains = torch.is_grad_enabled() and (prompts.requires_grad or k.requires_grad)
@@ -376,8 +379,8 @@ def window_attention(block, x, grid, before=None, after=None, key_mask=None, num
     if before is None and after is None and not P and op is None:
         out = block.attn(windows, mask=mask)
     else:
-        out, prompt_out = _prompted_window_attention(block.attn, windows, mask, x[:, :P], before, after,
-                                                     key_mask, op)
+        out, prompt_out = _prompted_window_attention(block.attn, windows, mask, x[:, :P], before,
+                                                     after, key_mask, op)
     out = window_reverse(out.view(-1, window[0], window[1], C), window, Hp, Wp)[:, :H, :W]
     if has_shift:
         out = torch.roll(out, shifts=shift, dims=(1, 2))
@@ -392,13 +395,15 @@ def position_bias(attn, op=None):
     (1 | B, H, N, N)."""
     if op is None:
         return attn._get_rel_pos_bias()
-    return op('position_bias', partial(lookup_position_bias, attn), attn.relative_position_bias_table[None])
+    return op('position_bias', partial(lookup_position_bias, attn),
+              attn.relative_position_bias_table[None])
 
 
 def lookup_position_bias(attn, tables):
     """(T, entries, H) relative-position tables -> (T, H, N, N) window biases."""
     N = attn.window_area
-    return tables[:, attn.relative_position_index.view(-1)].view(-1, N, N, tables.shape[-1]).permute(0, 3, 1, 2)
+    return tables[:, attn.relative_position_index.view(-1)].view(
+        -1, N, N, tables.shape[-1]).permute(0, 3, 1, 2)
 
 
 def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_mask=None, op=None):
@@ -413,7 +418,8 @@ def _prompted_window_attention(attn, windows, mask, prompts, before, after, key_
         per_sample_op = op
 
         def op(name, module, t):
-            return per_sample_op(name, module, t.reshape(B, -1, t.shape[-1])).reshape(*t.shape[:-1], -1)
+            return per_sample_op(name, module, t.reshape(B, -1, t.shape[-1])).reshape(
+                *t.shape[:-1], -1)
     q, k, v = run_op(op, 'qkv', attn.qkv, windows).reshape(-1, N, 3, heads, head_dim).permute(
         2, 0, 3, 1, 4).unbind(0)
 

@@ -3,8 +3,13 @@ import re
 
 from timm.models.swin_transformer import checkpoint_filter_fn
 
-from .vit_checkpoint import (CheckpointMismatchError, check_fit, check_pretrained_exists,
-                             read_state_dict, strip_wrappers)
+from .vit_checkpoint import (
+    CheckpointMismatchError,
+    check_fit,
+    check_pretrained_exists,
+    read_state_dict,
+    strip_wrappers,
+)
 
 # Classification heads and buffers that timm rebuilds (the position index, shift masks).
 _IGNORED = re.compile(r'^head\.|relative_position_index$|attn_mask$')

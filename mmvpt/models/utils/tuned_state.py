@@ -1,5 +1,6 @@
 """What a tuned-only checkpoint holds, and whether a checkpoint fits a prompted model."""
 from mmvpt.models.prompts.base import PromptMethod
+
 from .vit_checkpoint import CheckpointMismatchError
 
 

@@ -8,7 +8,8 @@ import torch
 from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
 
 # Keys of classification heads and pretraining-only parts that a backbone never uses.
-_IGNORED = re.compile(r'^(head\.|fc_norm\.|pre_logits\.|decoder|mask_token$|dist_token$|head_dist\.)')
+_IGNORED = re.compile(
+    r'^(head\.|fc_norm\.|pre_logits\.|decoder|mask_token$|dist_token$|head_dist\.)')
 
 
 class CheckpointMismatchError(ValueError):
@@ -112,7 +113,8 @@ def check_fit(path, state, model, describe, ignored=_IGNORED):
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}'
-                  for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+                  for k in sorted(set(state) & set(expected))
+                  if state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
         def show(items):
             return ', '.join(items[:8]) + (f' (+{len(items) - 8} more)' if len(items) > 8 else '')
@@ -129,7 +131,8 @@ def check_fit(path, state, model, describe, ignored=_IGNORED):
 def _check_npz_fit(path, model):
     with np.load(path) as w:
         keys = set(w.files)
-        prefix = next((p for p in ('', 'opt/target/', 'params/') if f'{p}embedding/kernel' in keys), None)
+        prefix = next((p for p in ('', 'opt/target/', 'params/')
+                       if f'{p}embedding/kernel' in keys), None)
         if prefix is None:
             raise CheckpointMismatchError(f'{path} is not a Google ViT .npz (no embedding/kernel)')
         width = w[f'{prefix}embedding/kernel'].shape[-1]
