@@ -4,7 +4,7 @@ _base_ = ['../_base_/methods/adapter_plus.py', '../_base_/datasets/vtab1k.py']
 
 task = 'patch_camelyon'
 model = dict(backbone=dict(prompt=dict(bottleneck=8)), head=dict(num_classes=2))
-data_preprocessor = dict(num_classes=2)
+data_preprocessor = dict(num_classes=2, mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5])
 train_dataloader = dict(drop_last=True, dataset=dict(task=task))
 val_dataloader = dict(dataset=dict(task=task))
 test_dataloader = dict(dataset=dict(task=task))

@@ -144,6 +144,15 @@ def test_recipes_follow_the_papers():
     assert load('adapter/vit-b16_vtab-kitti.py').model.backbone.prompt.bottleneck == 8
     prompt = load('adaptformer/vit-b16_vtab-cifar.py').model.backbone.prompt
     assert (prompt.bottleneck, prompt.scale, prompt.dropout) == (64, 0.1, 0.1)
+    # Adapter+ normalises as its authors, with the checkpoint's 0.5 / 0.5: 0..255 -> -1..1
+    from mmpretrain.models import ClsDataPreprocessor
+    for name in ('adapter_plus/vit-b16_vtab-cifar.py', 'adapter_plus/swin-b_fgvc-cars.py'):
+        options = dict(load(name).data_preprocessor)
+        options.pop('type', None)
+        pixels = torch.tensor([0., 127.5, 255.]).view(3, 1, 1).expand(3, 2, 2)
+        normalised = ClsDataPreprocessor(**options)(dict(inputs=[pixels]))['inputs']
+        assert torch.equal(normalised[0, :, 0, 0], torch.tensor([-1., 0., 1.]).flip(0))
+    assert load('adapter/vit-b16_vtab-cifar.py').data_preprocessor.mean == [123.675, 116.28, 103.53]
     # Swin-B: the ViT-B recipe of the task, the backbone swapped
     cfg = load('cvpt/swin-b_vtab-dmlab.py')
     assert (cfg.model.backbone.type, cfg.model.backbone.arch) == ('mmvpt.PromptedSwin',

@@ -305,7 +305,7 @@ def write_config(tmp_path, benchmark, task, classes):
         f"task = {task!r}\n"
         f"model = dict(backbone=dict(prompt=dict(bottleneck={recipe['prompt']['bottleneck']})), "
         f"head=dict(num_classes={classes}))\n"
-        f"data_preprocessor = dict(num_classes={classes})\n"
+        f"data_preprocessor = dict(num_classes={classes}, mean=[127.5] * 3, std=[127.5] * 3)\n"
         f"train_dataloader = dict({loader}dataset=dict(task=task{train}))\n"
         f"val_dataloader = dict(dataset=dict(task=task{test}))\n"
         f"test_dataloader = dict(dataset=dict(task=task{test}))\n")

@@ -67,6 +67,7 @@ def render(folder, benchmark, task):
     recipe = cls.config_recipe(benchmark, task) if cls is not None else {}
     prompt, backbone = recipe.get('prompt') or {}, recipe.get('backbone') or {}
     loader, optimizer = recipe.get('loader') or {}, recipe.get('optimizer') or {}
+    preprocessor = recipe.get('preprocessor') or {}
     note = recipe.get('note')
     train_pipeline, test_pipeline = recipe.get('pipelines') or (None, None)
     dataset_base = 'vtab1k' if benchmark == 'vtab' else 'fgvc'
@@ -83,7 +84,8 @@ def render(folder, benchmark, task):
         '',
         f'task = {task!r}',
         _call('model = dict(', model),
-        f'data_preprocessor = dict(num_classes={classes})',
+        _call('data_preprocessor = dict(', [f'num_classes={classes}'] + (
+            [_kwargs(preprocessor)] if preprocessor else [])),
         _call('train_dataloader = dict(', ([_kwargs(loader)] if loader else []) + [
             f'dataset=dict({dataset})']),
     ]

@@ -13,13 +13,12 @@
 # gradient clipping; VTAB-1k: resized to 224, no augmentation, the last incomplete batch
 # dropped, width 8 on every task (their 77.6 row); FGVC: the width per task of their config,
 # random-resized crops and flips (the pipelines below); three seeds (18, 45, 25).
-# Ours, where we differ: the dataset bases normalise with ImageNet's mean / std (theirs: the
-# checkpoint's 0.5 / 0.5: set data_preprocessor mean=[127.5] * 3, std=[127.5] * 3 to follow);
-# VTAB-1k images are resized bicubic (theirs: TF bilinear); their Lightning loop sets each
-# epoch's rate one epoch late (epochs 0 and 1 both at lr / 100), ours follows the schedule as
-# written; they train in bfloat16 autocast (tools/train.py --amp here); the head starts from
-# mmpretrain's init (theirs: timm's). FGVC: they train on train + val and test on test, as
-# the FGVC base's default split does.
+# The generated configs normalise as theirs, with the checkpoint's 0.5 / 0.5 (the dataset bases:
+# ImageNet's mean / std). Ours, where we differ: VTAB-1k images are resized bicubic (theirs: TF
+# bilinear); their Lightning loop sets each epoch's rate one epoch late (epochs 0 and 1 both at lr /
+# 100), ours follows the schedule as written; they train in bfloat16 autocast (tools/train.py --amp
+# here); the head starts from mmpretrain's init (theirs: timm's). FGVC: they train on train + val
+# and test on test, as the FGVC base's default split does.
 _base_ = ['../models/vit-b16.py', '../schedules/adamw_100e.py', '../default_runtime.py']
 
 model = dict(backbone=dict(

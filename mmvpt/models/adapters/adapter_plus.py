@@ -51,6 +51,9 @@ VTAB_OPT_WIDTHS = dict(
     clevr_dist=8, dmlab=8, kitti=8, dsprites_loc=32, dsprites_ori=4, smallnorb_azi=32,
     smallnorb_ele=8)
 VTAB_WIDTH = 8
+#: the authors normalise with the checkpoint's mean and std, 0.5 and 0.5 (data/*.py), which in
+#: mmpretrain's 0-255 pixels is 127.5 and 127.5 (the dataset bases: ImageNet's)
+CHECKPOINT_NORMALISATION = dict(mean=[127.5] * 3, std=[127.5] * 3)
 
 
 def houlsby_normal(tensor):
@@ -105,10 +108,11 @@ class AdapterPlus(Adapter):
         if benchmark == 'vtab':
             # the authors' VTAB loader drops the last incomplete batch (data/vtab.py)
             return dict(prompt=dict(bottleneck=VTAB_WIDTH), loader=dict(drop_last=True),
+                        preprocessor=CHECKPOINT_NORMALISATION,
                         note=(f'width {VTAB_WIDTH} on every task, as the authors ({SOURCE} '
                               'vtab/adapter_plus_dim8.yaml).'))
         width = FGVC_WIDTHS[task]
-        return dict(prompt=dict(bottleneck=width),
+        return dict(prompt=dict(bottleneck=width), preprocessor=CHECKPOINT_NORMALISATION,
                     pipelines=('fgvc_train_crops', 'fgvc_test_crops'),
                     note=(f'width {width}, random-resized crops: the authors\' ({SOURCE} '
                           'fgvc/adapter_plus_dim1-32.yaml).'))

@@ -191,10 +191,10 @@ class PromptMethod(nn.Module):
     @classmethod
     def config_recipe(cls, benchmark, task):
         """What the generated config of ``task`` (``benchmark``: ``'vtab'`` or ``'fgvc'``) sets:
-        ``dict(prompt=..., backbone=..., loader=..., optimizer=..., note='...',
-        pipelines=(train, test))``, each optional: prompt / backbone / loader / optimizer
-        options, the first comment line, and the names of the method base config's train and
-        test pipelines (tools/misc/generate_configs.py)."""
+        ``dict(prompt=..., backbone=..., loader=..., optimizer=..., preprocessor=..., note='...',
+        pipelines=(train, test))``, each optional: prompt / backbone / loader / optimizer /
+        data preprocessor options, the first comment line, and the names of the method base
+        config's train and test pipelines (tools/misc/generate_configs.py)."""
         return {}
 
     def __init__(self, num_layers, embed_dim, num_heads, patch_size=16, qkv_bias=True,
