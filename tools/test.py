@@ -6,7 +6,8 @@
 ``--tta`` runs the config's test-time augmentation: multi-scale + flip for segmentation
 (the config's ``tta_model`` / ``tta_pipeline``), flip averaging for classification.
 ``--merge`` folds a LoRA / SSF / BitFit method into the frozen weights before testing
-(the deployed model's cost; ``tools/misc/merge_method.py`` writes such a checkpoint).
+(the deployed model's cost; ``tools/misc/merge_method.py`` writes such a checkpoint, which
+the method's config then tests as it is: ``model.backbone.prompt=None`` is set, and said).
 """
 import argparse
 import os
@@ -56,6 +57,8 @@ def main(argv=None):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = prepare_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
+    from mmvpt.utils.tuned_checkpoint import fit_config_to_merged
+    fit_config_to_merged(cfg, args.checkpoint)  # merge_method.py's: the model without its method
     add_frozen_init_hook(cfg)
     if args.tta:
         apply_tta(cfg)

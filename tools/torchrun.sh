@@ -12,8 +12,9 @@ MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 DIR="$(cd "$(dirname "$0")" && pwd)"
 source "$DIR/find_python.sh"  # PYTHON: $PYTHON / python if it has torch, else mmvpt's environment
 
+# _torchrun.py is torchrun whose output ends with a worker's user error, once (see there).
 PYTHONPATH="$DIR/..${PYTHONPATH:+:$PYTHONPATH}" \
-exec "$PYTHON" -m torch.distributed.run \
+exec "$PYTHON" "$DIR/_torchrun.py" \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

@@ -1,6 +1,8 @@
 # Bring your own dataset: a folder of images with list files data/my_dataset/{train,val,
 # test}.txt ("relative/path label" per line); everything else is CVPT's VTAB-1k recipe.
-# Copy this file next to it (configs/cvpt/) and edit the copy: _base_ is relative to the file.
+# A copy kept outside the repository (README "Your own dataset") names its base by absolute
+# path, '/path/to/mmvpt/configs/cvpt/vit-b16_vtab-cifar.py': a relative _base_ is taken from
+# the config's own folder.
 _base_ = ['./vit-b16_vtab-cifar.py']
 
 classes = ['cat', 'dog', 'fox', 'owl', 'yak']  # names in predictions; label i is classes[i]

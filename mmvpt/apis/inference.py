@@ -34,14 +34,18 @@ class InputError(ValueError):
 # -- models -------------------------------------------------------------------------------------
 def load_model(config, checkpoint, cfg_options=None, device='cpu'):
     """(model in eval mode, config) as ``tools/test.py`` builds and loads it: a tuned-only
-    checkpoint gets the frozen backbone of ``model.backbone.init_cfg``."""
+    checkpoint gets the frozen backbone of ``model.backbone.init_cfg``, a merged one
+    (``tools/misc/merge_method.py``) a model without the method. ``config``: a config file,
+    or a ``Config`` already read (a checkpoint's saved one)."""
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
 
     from mmvpt.utils.launch import prepare_config
+    from mmvpt.utils.tuned_checkpoint import fit_config_to_merged
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
     cfg = prepare_config(config, cfg_options)
+    fit_config_to_merged(cfg, checkpoint)
     init_default_scope(cfg.default_scope)
     registry = importlib.import_module(f'{cfg.default_scope}.registry')
     model_cfg = cfg.model
@@ -195,15 +199,8 @@ def check_outputs_spare_inputs(files, outputs):
 # -- class names --------------------------------------------------------------------------------
 def checkpoint_meta(path):
     """The checkpoint's ``meta`` (memory-mapped: its tensors are not read)."""
-    import torch
-
-    from mmvpt.utils import load_local_checkpoint
-    try:
-        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except Exception:  # an older pickle format, or objects beyond tensors: read it whole
-        checkpoint = load_local_checkpoint(path, map_location='cpu')
-    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
-    return meta if isinstance(meta, dict) else {}
+    from mmvpt.utils.tuned_checkpoint import checkpoint_meta
+    return checkpoint_meta(path)
 
 
 def dataset_meta(cfg, checkpoint, registry):
@@ -385,10 +382,12 @@ def infer_images(config, checkpoint, inputs, out_dir, topk=5, device=None, cfg_o
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif device == 'cuda' and not torch.cuda.is_available():
         raise InputError('--device cuda: no CUDA device is available here')
+    from mmvpt.utils.tuned_checkpoint import fit_config_to_merged
     try:
         cfg = prepare_config(config, cfg_options)
     except ConfigError as err:
         raise InputError(str(err)) from None
+    fit_config_to_merged(cfg, checkpoint)
     os.makedirs(out_dir, exist_ok=True)
     try:
         if cfg.default_scope == 'mmpretrain':

@@ -9,6 +9,7 @@ from .launch import (
     add_training_hooks,
     apply_tta,
     check_mmvpt_types,
+    drop_method_hooks,
     enable_amp,
     finish_distributed,
     host_of,
@@ -21,5 +22,5 @@ from .param_report import format_parameter_report, parameter_report
 __all__ = ['load_local_checkpoint', 'register_checkpoint_loader', 'parameter_report',
            'format_parameter_report', 'SUPPORTED_HOSTS', 'ConfigError', 'adapt_to_device',
            'add_frozen_init_hook', 'add_test_output', 'add_training_hooks', 'apply_tta',
-           'check_mmvpt_types', 'enable_amp', 'finish_distributed', 'host_of', 'init_distributed',
-           'prepare_config', 'run_cli', 'USER_ERRORS']
+           'check_mmvpt_types', 'drop_method_hooks', 'enable_amp', 'finish_distributed', 'host_of',
+           'init_distributed', 'prepare_config', 'run_cli', 'USER_ERRORS']

@@ -2,6 +2,7 @@
 prepare them: pick the host library from the config, check mmvpt types up front, fit the
 config to the machine (CPU or GPU, single process or distributed), add test-time
 augmentation or a test output, and start the process group."""
+import argparse
 import copy
 import importlib
 import logging
@@ -33,20 +34,95 @@ class ConfigError(ValueError):
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
 
+# Set by tools/_torchrun.py (tools/dist_train.sh, dist_test.sh) for its workers: the file where
+# the first rank that meets a user error leaves its line, for the launcher to print last.
+ERROR_FILE_VAR = 'MMVPT_ERROR_FILE'
+
+
+class _UsageError(Exception):
+    """A wrong command-line option of a torchrun worker (argparse's error, as one line)."""
+
+
 def run_cli(main, argv=None, name='mmvpt'):
-    """Runs a tool's ``main(argv)``. A user error (:data:`USER_ERRORS`) ends it with one line
-    ``mmvpt: <error>`` on stderr and exit status 1; its traceback goes to the run's log file
-    when MMEngine's runner has opened one (the line names it). Anything else raises as
-    usual."""
+    """Runs a tool's ``main(argv)``. A user error (:data:`USER_ERRORS`, also one raised in a
+    DataLoader worker) ends it with one line ``mmvpt: <error>`` on stderr and exit status 1;
+    its traceback goes to the run's log file when MMEngine's runner has opened one (the line
+    names it). Anything else raises as usual.
+
+    Under tools/dist_train.sh / dist_test.sh (``$MMVPT_ERROR_FILE`` set) the line goes to that
+    file instead, from the first rank that fails only, and the launcher prints it after
+    torchrun ended: once, and last; the other ranks' failures that follow it go to their log
+    files only. A wrong option is then such a line too (exit status 2) rather than argparse's
+    usage text from every rank."""
+    error_file = os.environ.get(ERROR_FILE_VAR)
+    parser_error = argparse.ArgumentParser.error
+    if error_file:
+        argparse.ArgumentParser.error = _raise_usage_error
     try:
         return main(argv)
+    except _UsageError as err:
+        _report(f'{name}: {err}', 2, error_file)
     except USER_ERRORS as err:
         log_file = _log_traceback()
         where = f' (traceback in {log_file})' if log_file else ''
         # a KeyError's str() is the repr of its message
-        message = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
-        print(f'{name}: {type(err).__name__}: {message}{where}', file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
+        message = _worker_message(message, err)
+        _report(f'{name}: {type(err).__name__}: {message}{where}', 1, error_file)
+    except Exception:
+        if not (error_file and os.path.exists(error_file)):
+            raise
+        # Another rank's user error came first and this is its consequence (gloo's
+        # "Connection closed by peer" in a collective): its traceback would only bury the line.
+        _log_traceback()
         sys.exit(1)
+    finally:
+        argparse.ArgumentParser.error = parser_error
+
+
+def _raise_usage_error(parser, message):
+    raise _UsageError(f'{parser.prog}: error: {message} (usage: {parser.prog} --help)')
+
+
+def _report(line, status, error_file):
+    """Prints ``line`` and exits with ``status``; with ``error_file``, leaves it there for
+    tools/_torchrun.py if no other rank did first (creating the file exclusively decides
+    which), printing nothing."""
+    if error_file:
+        try:
+            fd = os.open(error_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            sys.exit(status)  # another rank failed first: its line is the one shown
+        except OSError:
+            pass  # no launcher to print it: print it here
+        else:
+            with os.fdopen(fd, 'w') as f:
+                f.write(f'{status}\n{line}\n')
+            sys.exit(status)
+    print(line, file=sys.stderr)
+    sys.exit(status)
+
+
+def _worker_message(message, err):
+    """The message of an error as raised in a DataLoader worker. torch re-raises it in the
+    main process as the same type with the message ``Caught <Type> in DataLoader worker
+    process N.\nOriginal Traceback ...``, the worker's whole traceback, whose end
+    (``<module.Type>: <message>``) is the original message. Other messages come back
+    unchanged."""
+    kind = type(err)
+    if not (message.startswith(f'Caught {kind.__name__} ')
+            and '\nOriginal Traceback (most recent call last):\n' in message):
+        return message
+    last = message.rsplit('Traceback (most recent call last):\n', 1)[1].split('\n')
+    # frames and their source lines are indented; the exception's line is not
+    start = next((i for i, line in enumerate(last) if line and not line[0].isspace()), None)
+    if start is None:
+        return message
+    text = '\n'.join(last[start:]).rstrip('\n')
+    for prefix in (f'{kind.__module__}.{kind.__qualname__}: ', f'{kind.__qualname__}: '):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return message
 
 
 def _log_traceback():
@@ -230,7 +306,9 @@ def add_frozen_init_hook(cfg):
     """``mmvpt.FrozenInitHook`` for a model whose method derives tensors from the frozen
     weights (its class declares ``derived_from_frozen``: CVPT, DoRA) and a config that lists
     no such hook: without it, a backbone arriving by ``load_from`` would leave them derived
-    from the ``init_cfg`` weights (tools/train.py and tools/test.py add it)."""
+    from the ``init_cfg`` weights (tools/train.py and tools/test.py add it). The hooks of a
+    method the model does not use go first (:func:`drop_method_hooks`)."""
+    drop_method_hooks(cfg)
     hooks = list(cfg.get('custom_hooks') or [])
     if any(str(h.get('type', '')).split('.')[-1] in _FROZEN_INIT_HOOKS for h in hooks):
         return cfg
@@ -242,6 +320,38 @@ def add_frozen_init_hook(cfg):
             derives |= bool(getattr(MODELS.get(name), 'derived_from_frozen', ()))
     if derives:
         cfg.custom_hooks = hooks + [dict(type='mmvpt.FrozenInitHook')]
+    return cfg
+
+
+def drop_method_hooks(cfg):
+    """Drops the ``custom_hooks`` that belong to a method the config's model does not use (a
+    hook class declaring ``serves_method``: ``mmvpt.FrozenInitHook`` / its alias
+    ``CrossAttentionInitHook``, ``mmvpt.PromptPruningHook``), one line on stderr for each: a
+    config that switches methods inherits the former method's hooks, which would run on a
+    model they were not written for (tools/train.py and tools/test.py, by
+    :func:`add_frozen_init_hook`)."""
+    hooks = cfg.get('custom_hooks')
+    if not hooks:
+        return cfg
+    from mmvpt.models.prompts.base import PromptMethod
+    from mmvpt.registry import HOOKS
+    MODELS.import_from_location()
+    HOOKS.import_from_location()
+    classes = [MODELS.get(node['type']) for _, node in _walk(cfg.get('model'))
+               if str(node.get('type', '')).startswith('mmvpt.')]
+    classes = [cls for cls in classes if isinstance(cls, type)]
+    methods = sorted({cls.__name__ for cls in classes if issubclass(cls, PromptMethod)})
+    kept = []
+    for hook in hooks:
+        name = hook.get('type') if isinstance(hook, dict) else None
+        hook_class = HOOKS.get(name) if str(name).startswith('mmvpt.') else None
+        serves_method = getattr(hook_class, 'serves_method', None)
+        if serves_method is None or any(serves_method(cls) for cls in classes):
+            kept.append(hook)
+        elif os.environ.get('RANK', '0') == '0':  # once, not per process
+            print(f"mmvpt: custom_hooks: {name} dropped: it serves {hook_class.serves}, and the "
+                  f"model's method is {', '.join(methods) or 'none'}", file=sys.stderr)
+    cfg.custom_hooks = kept
     return cfg
 
 
@@ -291,11 +401,15 @@ def prepare_config(config_path, cfg_options=None, work_dir=None, launcher='none'
     Imports the host library and mmvpt, checks mmvpt types, sets the work dir
     (default ``./work_dirs/<config name>``), adapts the config to the device, checks the
     data before it is used (``mmvpt.DataCheckHook``) and lets MMEngine load its own
-    checkpoints under torch >= 2.6.
+    checkpoints under torch >= 2.6. ``config_path`` may be a ``Config`` already read (a
+    checkpoint's saved one): a copy of it is prepared.
     """
-    if not osp.isfile(config_path):
+    if isinstance(config_path, Config):
+        cfg, config_path = copy.deepcopy(config_path), config_path.filename or 'config.py'
+    elif not osp.isfile(config_path):
         raise FileNotFoundError(f'config file {config_path!r} does not exist')
-    cfg = Config.fromfile(config_path)
+    else:
+        cfg = Config.fromfile(config_path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     host = host_of(cfg)

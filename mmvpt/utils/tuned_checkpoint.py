@@ -6,12 +6,19 @@ training changed (:func:`~mmvpt.models.utils.tuned_state.tuned_state_keys`) and 
 
     meta['mmvpt'] = dict(tuned_only=True, prompts={'backbone.prompt': 'CVPT'})
 
+A merged checkpoint (``tools/misc/merge_method.py``) holds the whole model with its method
+folded into the frozen weights; its ``meta['mmvpt']`` names what was merged, so that a config
+of the method can be fitted to it (:func:`fit_config_to_merged`)::
+
+    meta['mmvpt'] = dict(tuned_only=False, prompts={}, merged={'backbone.prompt': 'LoRA'})
+
 :class:`~mmvpt.engine.hooks.TunedCheckpointHook` writes them during training; tests, the
 benchmark's random tasks and ``MultiTaskModel`` write or read them through these functions.
 Whether a checkpoint fits a model is
 :func:`~mmvpt.models.utils.tuned_state.check_checkpoint_fit`'s to say.
 """
 import torch
+from mmengine.logging import print_log
 
 from mmvpt.models.utils.tuned_state import describe_prompts, tuned_state_keys
 
@@ -29,6 +36,64 @@ def saved_prompts(meta):
     """The prompt methods a checkpoint's ``meta`` records ({module name: class name}); None
     for a checkpoint mmvpt did not write."""
     return (meta or {}).get(META_KEY, {}).get('prompts')
+
+
+def merged_meta(merged):
+    """``meta['mmvpt']`` of a checkpoint whose methods ``merged`` ({module name: class
+    name}, as :func:`describe_prompts` named them before merging) are in its weights."""
+    return dict(tuned_only=False, prompts={}, merged=dict(merged))
+
+
+def merged_methods(meta):
+    """{module name: class name} of the methods a merged checkpoint's ``meta`` says are
+    folded into its weights; {} for any other checkpoint. (Checkpoints merged before
+    ``meta['mmvpt']`` recorded it name the backbone's method in ``meta['merged']``.)"""
+    meta = meta or {}
+    merged = meta.get(META_KEY, {}).get('merged')
+    if merged is None and isinstance(meta.get('merged'), str):
+        merged = {'backbone.prompt': meta['merged']}
+    return dict(merged or {})
+
+
+def checkpoint_meta(path):
+    """The checkpoint's ``meta`` (memory-mapped: its tensors are not read)."""
+    try:
+        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+    except Exception:  # an older pickle format, or objects beyond tensors: read it whole
+        checkpoint = load_local_checkpoint(path, map_location='cpu')
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def remove_methods(cfg, modules):
+    """Sets ``model.<module>=None`` in ``cfg`` for each of ``modules`` (prompt method module
+    names: ``backbone.prompt``) that the config sets; returns the settings made."""
+    settings = []
+    for module in modules:
+        *parents, leaf = module.split('.')
+        node = cfg.model
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf) is not None:
+            node[leaf] = None
+            settings.append(f'model.{module}=None')
+    return settings
+
+
+def fit_config_to_merged(cfg, checkpoint):
+    """Sets ``model.<module>=None`` in ``cfg`` for every method that the checkpoint file
+    ``checkpoint`` has merged into its weights (``tools/misc/merge_method.py``): the method's
+    own config then loads the merged model, as ``--cfg-options model.backbone.prompt=None``
+    would. Says so in one line; returns the settings made (none for other checkpoints)."""
+    try:
+        merged = merged_methods(checkpoint_meta(checkpoint))
+    except Exception:  # an unreadable file: the loading that follows says what is wrong
+        return []
+    settings = remove_methods(cfg, merged)
+    if settings:
+        print_log(f'{checkpoint} holds {", ".join(merged.values())} merged into the frozen '
+                  f'weights: loading it with {" ".join(settings)}', logger='current')
+    return settings
 
 
 def tuned_state(model, state_dict=None):

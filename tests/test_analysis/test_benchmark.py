@@ -5,6 +5,7 @@ dtypes and op counts are deterministic."""
 import functools
 import math
 import re
+import types
 
 import pytest
 import torch
@@ -129,6 +130,117 @@ def test_rows_only_when_asked():
     assert rows[0]['seconds_x_full'] is None and rows[0]['memory_x_full'] is None
 
 
+NONE, VPT, LORA = ('none', 0), ('vpt', 4), ('lora', 0)
+
+
+def timed_by_a_fake_clock(monkeypatch, seconds):
+    """measure_rows's train steps, recorded: the (method, P) of each step in order. Each
+    step of a row takes ``seconds[row]`` on a fake clock, twice that at its 4th step (the
+    second timed round with one warm-up: a load that hits every row alike)."""
+    order = []
+    clock = [0.0]
+
+    def build(arch, method, p=0, *args, **kwargs):
+        model = real_build(arch, method, p, *args, **kwargs)
+        model.row = (method, p)
+        return model
+
+    def train_step(model, *args, **kwargs):
+        order.append(model.row)
+        clock[0] += seconds[model.row] * (2 if order.count(model.row) == 4 else 1)
+        return real_step(model, *args, **kwargs)
+    real_build, real_step = bench.timing.build, bench.timing.train_step
+    monkeypatch.setattr(bench.timing, 'build', build)  # where measure_rows looks them up
+    monkeypatch.setattr(bench.timing, 'train_step', train_step)
+    monkeypatch.setattr(bench.timing, 'time', types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(bench.timing, 'machine_load', lambda: 0.5)
+    return order
+
+
+def test_timed_steps_interleave(monkeypatch):
+    """Every model is built (one FLOP-counting step each) and warmed up first; then each
+    round times one step of every row in turn, and a step ratio is taken within a round: a
+    load that doubles one round's steps spreads the times, not the ratios."""
+    order = timed_by_a_fake_clock(monkeypatch, {NONE: 1.0, VPT: 1.5, LORA: 0.5})
+    rows, _ = rows_of(TINY_VIT, prompts=[0, 4], steps=3, device='cpu',
+                      methods=['none', 'vpt', 'lora'])
+    assert order == [NONE, VPT, LORA] * 2 + [NONE, VPT, LORA] * 3
+    none, vpt, lora = rows
+    assert none['seconds_all'] == [1.0, 2.0, 1.0] and vpt['seconds_all'] == [1.5, 3.0, 1.5]
+    assert (vpt['seconds_min'], vpt['seconds'], vpt['seconds_max']) == (1.5, 1.5, 3.0)
+    assert (vpt['seconds_x_p0_min'], vpt['seconds_x_p0'], vpt['seconds_x_p0_max']) == (1.5,) * 3
+    assert (lora['seconds_x_p0_min'], lora['seconds_x_p0_max']) == (0.5, 0.5)
+    assert none['seconds_x_p0'] == 1 and none['seconds_x_full'] is None and none['load'] == 0.5
+    # the times vary 2x between rounds, the ratios not at all
+    warnings = bench.timing_warnings(rows, steps=3, cpus=2)
+    assert len(warnings) == 1 and warnings[0].startswith(
+        'WARNING: step times vary between rounds by more than 1.25x (max / min: '
+        'none (frozen) P=0 2.00, VPT-deep P=4 2.00, LoRA (r=8, q v) 2.00): the step times are '
+        'not to be trusted (the ratios, taken within each round, vary less).')
+
+
+def test_rows_that_do_not_fit_together_are_timed_in_groups(monkeypatch):
+    """With room for one row's model beside the reference, each row is timed in a group of
+    its own, the reference timed again beside it (its row keeps its first group's times)."""
+    order = timed_by_a_fake_clock(monkeypatch, {NONE: 1.0, VPT: 1.5, LORA: 0.5})
+    monkeypatch.setattr(bench.timing, 'memory_budget', lambda device: 1)
+    rows, _ = rows_of(TINY_VIT, prompts=[0, 4], steps=3, device='cpu',
+                      methods=['none', 'vpt', 'lora'])
+    # built: none, vpt, lora; then [none, vpt] warmed up and timed, then [none, lora]
+    assert order == [NONE, VPT, LORA] + [NONE, VPT] * 4 + [NONE, LORA] * 4
+    assert [(r['method'], r['P']) for r in rows] == [NONE, VPT, LORA]
+    assert rows[0]['seconds_all'] == [1.0, 2.0, 1.0]
+    # LoRA's 4th step (doubled) beside the reference's 8th (not): a load that hits one row
+    # and not the reference spreads the ratios
+    assert rows[2]['seconds_all'] == [0.5, 1.0, 0.5]
+    assert (rows[2]['seconds_x_p0_min'], rows[2]['seconds_x_p0_max']) == (0.5, 1.0)
+    assert bench.timing_warnings(rows, steps=3, cpus=2)[0].startswith(
+        'WARNING: step ratios vary between rounds by more than 1.25x (max / min: '
+        'LoRA (r=8, q v) 2.00): the ratios are not to be trusted')
+
+
+def test_warnings_when_the_timings_cannot_be_trusted():
+    row = dict(method='vpt', name='VPT-deep', P=10, seconds_min=1.0, seconds_max=1.2,
+               seconds_x_p0_min=1.1, seconds_x_p0_max=1.3, load=1.5)
+    assert bench.timing_warnings([row], steps=5, cpus=2) == []  # spreads 1.2 and 1.18, load 0.75
+    assert bench.timing_warnings([row], steps=2, cpus=2) == [
+        'WARNING: 2 timed step(s) per row: no spread to judge the step times by; use --steps 5 '
+        'or more for numbers to compare.']
+    [line] = bench.timing_warnings([dict(row, load=2.5)], steps=5, cpus=2)
+    assert line.startswith('WARNING: the 1-minute load average reached 2.50 on 2 CPUs')
+    [line] = bench.timing_warnings([dict(row, seconds_x_p0_max=1.5)], steps=5, cpus=2)
+    assert 'step ratios vary between rounds by more than 1.25x (max / min: VPT-deep P=10 1.36)' \
+        in line
+    adapter = dict(row, method='lora', name='LoRA (r=8, q v)', P=0, seconds_max=2.0)
+    [line] = bench.timing_warnings([adapter], steps=5, cpus=2)
+    assert '(max / min: LoRA (r=8, q v) 2.00)' in line  # no P for a row without prompts
+
+
+def test_the_table_warns_under_load_and_says_its_progress(monkeypatch, capsys):
+    """The script in this process, the machine's load forced above its CPUs: the warning
+    under the table; on stderr a line as each model is built and each round timed."""
+    from tools.analysis import benchmark as tool
+    monkeypatch.setattr(bench.timing, 'machine_load', lambda: 99.0)
+    tool.main([*TINY_VIT_ARGS, '--prompts', '4', '--steps', '3', '--device', 'cpu', '--batch',
+               '2', '--methods', 'vpt,lora'])
+    out, err = capsys.readouterr()
+    table, notes = out.strip().split('\n\n')
+    assert [cells(line)[:2] for line in table.splitlines()[3:]] == [['VPT-deep', '4'],
+                                                                  ['LoRA (r=8, q v)', '-']]
+    assert notes.splitlines()[-1].startswith(
+        'WARNING: the 1-minute load average reached 99.00 on ')
+    progress = [line for line in err.splitlines() if line.startswith('[benchmark] ')]
+    # the reference is measured for x P=0 though not printed (0 is not in --prompts)
+    assert [line.split(' [')[0] for line in progress[:6]] == [
+        '[benchmark] built none (frozen) P=0 (1/3), FLOPs and memory counted',
+        '[benchmark] built VPT-deep P=4 (2/3), FLOPs and memory counted',
+        '[benchmark] built LoRA (r=8, q v) (3/3), FLOPs and memory counted',
+        '[benchmark] timed round 1/3: one step of each of 3 rows',
+        '[benchmark] timed round 2/3: one step of each of 3 rows',
+        '[benchmark] timed round 3/3: one step of each of 3 rows']
+    assert progress[6].startswith('[benchmark] done: VPT-deep P=4, step ')
+
+
 @pytest.mark.parametrize('tiny', [TINY_VIT, TINY_SWIN], ids=['vit', 'swin'])
 def test_with_cp_rows(tiny):
     rows, _ = rows_of(tiny, FAST, methods=['none', 'vpt'], with_cp=True)
@@ -149,26 +261,43 @@ def test_printed_table_is_the_rows():
     ``measure_rows`` gives (the timings, which differ from run to run, as numbers)."""
     proc = run_tool('analysis/benchmark.py', *TINY_VIT_ARGS, '--prompts', '0,4', '--steps', '1',
                     '--device', 'cpu', '--batch', '2', '--methods', 'none,full,vpt', '--with-cp')
-    title, header, rule, *lines = proc.stdout.strip().splitlines()
+    table, notes = proc.stdout.strip().split('\n\n')
+    title, header, rule, *lines = table.splitlines()
     assert title.startswith('vit_base_patch16_224, 32 px, batch 2, cpu (')
     assert f'threads), fp32, eager, torch {torch.__version__}, arch_cfg' in title
-    assert cells(header) == ['method', 'P', 'tuned params', 'train GFLOPs', 'x P=0', 'step s',
-                             'x P=0', 'x full', 'saved act. MiB', 'x P=0', 'x full', 'with_cp MiB',
-                             'x no cp']
+    # every timed figure with its min / median / max; every ratio says what it is of
+    assert cells(header) == [
+        'method', 'prompts P', 'tuned params', 'train GFLOPs', 'GFLOPs x P=0',
+        'step s min', 'step s median', 'step s max',
+        'step x P=0 min', 'step x P=0 median', 'step x P=0 max',
+        'step x full min', 'step x full median', 'step x full max',
+        'saved for backward MiB', 'memory x P=0', 'memory x full', 'with_cp MiB',
+        'with_cp x without']
     assert rule.count('|') == len(cells(header)) + 1
     rows, _ = rows_of(TINY_VIT, FAST, methods=['none', 'full', 'vpt'], with_cp=True)
     short = lambda x: f'{x:.0f}' if abs(x) >= 1000 else f'{x:.4g}'  # noqa: E731
     printed = [cells(line) for line in lines]
-    assert [[c[i] for i in (0, 1, 2, 3, 4, 8, 9, 10, 11, 12)] for c in printed] == [[
-        r['name'], str(r['P']), f'{r["tuned"]:,}', short(r['flops'] / 1e9),
+    assert [[c[i] for i in (0, 2, 3, 4, 14, 15, 16, 17, 18)] for c in printed] == [[
+        r['name'], f'{r["tuned"]:,}', short(r['flops'] / 1e9),
         f'{r["flops_x_p0"]:.3f}', short(r['memory'] / 2**20), f'{r["memory_x_p0"]:.2f}',
         f'{r["memory_x_full"]:.2f}', short(r['cp_memory'] / 2**20), f'{r["cp_x_no_cp"]:.2f}']
         for r in rows]
-    for c in printed:  # step s, x P=0, x full
-        assert all(float(value) > 0 for value in c[5:8])
-    assert [c[1] for c in printed] == ['0', '0', '4']
-    assert printed[0][6] == '1.00'  # the reference over itself
-    assert printed[1][7] == printed[1][10] == '1.00'  # full over full
+    for c in printed:  # step s, x P=0, x full: min <= median <= max
+        for low, mid, high in (c[5:8], c[8:11], c[11:14]):
+            assert 0 < float(low) <= float(mid) <= float(high)
+    assert [c[1] for c in printed] == ['0', '-', '4']  # full fine-tuning has no prompts
+    assert printed[0][8:11] == ['1.00'] * 3  # the reference over itself, in every round
+    assert printed[1][11:14] == ['1.00'] * 3 and printed[1][16] == '1.00'  # full over full
+    # the legend says what x P=0 and saved for backward are; one step: no spread to judge
+    legend, *warnings = notes.splitlines()
+    assert legend.startswith('x P=0: over the P=0 reference row')
+    assert '1 timed train steps per row after 1 warm-up, the rows\' steps interleaved' in legend
+    assert 'saved for backward MiB: the bytes autograd holds for backward' in legend
+    assert warnings[0].startswith('WARNING: 1 timed step(s) per row: no spread')
+    # progress on stderr: each model built, each round timed
+    assert '[benchmark] built none (frozen) P=0 (1/3)' in proc.stderr
+    assert '[benchmark] built VPT-deep P=4 (3/3)' in proc.stderr
+    assert '[benchmark] timed round 1/1: one step of each of 3 rows' in proc.stderr
 
 
 def test_amp_bf16_runs_the_forward_in_bf16(monkeypatch):
@@ -257,7 +386,7 @@ def test_cli_prints_the_profile_after_the_table():
     out = proc.stdout
     # the reference first: 0 is in --prompts
     assert out.index('| none (frozen) | 0 | 3,300 |') \
-        < out.index('| Linear probing | 0 | 3,300 |') \
+        < out.index('| Linear probing | - | 3,300 |') \
         < out.index('profile of one train step: Linear probing P=0') \
         < out.index('profile of one train step: CVPT, batch dropout P=4') \
         < out.index('profile of one train step: VPT-deep P=4, vit_base_patch16_224, 32 px, batch 2')

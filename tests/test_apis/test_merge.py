@@ -83,6 +83,7 @@ def test_merge_tool(tmp_path, demo_backbone):
     proc = run_tool('misc/merge_method.py', config, checkpoint, str(tmp_path / 'merged.pth'))
     assert ('LoRA merged into the frozen weights' in proc.stdout
             and osp.isfile(tmp_path / 'merged.pth'))
+    assert f'config: {config}; {checkpoint} saves none' in proc.stdout
     # a method with a non-linear bottleneck: one line, nothing written
     config, checkpoint = tuned_task(tmp_path, demo_backbone, 'adaptformer')
     proc = run_tool('misc/merge_method.py', config, checkpoint, str(tmp_path / 'af.pth'),
@@ -94,6 +95,23 @@ def test_merge_tool(tmp_path, demo_backbone):
     # an output that would overwrite the input is refused
     proc = run_tool('misc/merge_method.py', config, checkpoint, checkpoint, check=False)
     assert proc.returncode == 1 and 'would overwrite an input' in proc.stderr
+
+
+@pytest.mark.tools
+def test_merge_and_test_tools_say_what_they_did(tmp_path, trained_lora, tiny_vtab):
+    """As a user runs them: merge_method.py names the saved config it used and the option it
+    set that the config file lacks; tools/test.py, given the merged checkpoint and the
+    method's config, says it leaves the method out and tests."""
+    config, checkpoint = trained_lora
+    out = str(tmp_path / 'merged.pth')
+    proc = run_tool('misc/merge_method.py', config, checkpoint, out)
+    assert (f'config: the one saved in {checkpoint} (as trained, its --cfg-options included), '
+            f'not {config}: it sets model.backbone.prompt.rank=4\n') in proc.stdout
+    proc = run_tool('test.py', config, out, '--work-dir', str(tmp_path / 'test'),
+                    '--cfg-options', *data_options(tiny_vtab))
+    assert (f'{out} holds LoRA merged into the frozen weights: loading it with '
+            'model.backbone.prompt=None') in proc.stdout
+    assert 'accuracy/top1' in proc.stdout
 
 
 def test_test_tool_merges_before_testing(tmp_path, demo_backbone, tiny_vtab):
@@ -151,6 +169,96 @@ def test_inference_merges_when_asked(tmp_path, demo_backbone, monkeypatch):
     config, checkpoint = tuned_task(tmp_path, demo_backbone, 'adaptformer')
     with pytest.raises(InputError, match='--merge: AdaptFormer cannot be merged'):
         infer_images(config, checkpoint, [image], str(tmp_path / 'af'), device='cpu', merge=True)
+
+
+# What the trained LoRA run of ``trained_lora`` passed beyond the data: a rank and an lr that its
+# config file does not set (the lr moves LoRA's B well off zero in one epoch).
+TRAINING_OPTIONS = ['model.backbone.prompt.rank=4', 'optim_wrapper.optimizer.lr=0.05',
+                    'train_cfg.max_epochs=1', 'randomness.deterministic=True']
+
+
+@pytest.fixture(scope='module')
+def trained_lora(tmp_path_factory, demo_backbone, tiny_vtab):
+    """(config, tuned-only checkpoint) of a LoRA run of tools/train.py (in this process) with
+    ``TRAINING_OPTIONS``: the checkpoint saves the config with them applied."""
+    from tools.train import main as train_main
+    tmp_path = tmp_path_factory.mktemp('lora_run')
+    config = tmp_path / 'lora.py'
+    config.write_text(f'_base_ = [{DEMO_CONFIG!r}]\nmodel = dict(backbone=dict(frozen=True, '
+                      f'prompt={PROMPTS["lora"]}))\n' + pretrained_line(demo_backbone)
+                      + "custom_hooks = [dict(type='mmvpt.TunedCheckpointHook')]\n")
+    train_main([str(config), '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                *data_options(tiny_vtab), *TRAINING_OPTIONS, 'experiment_name=lora_train'])
+    return str(config), str(tmp_path / 'work' / 'epoch_1.pth')
+
+
+def test_merge_reads_the_training_options_from_the_checkpoint(tmp_path, trained_lora, tiny_vtab,
+                                                              demo_backbone):
+    """A checkpoint trained with --cfg-options (LoRA rank 4, the config's 2) merges without
+    them: its saved config builds the model. The merged checkpoint then tests with the
+    method's config as it is (tools/test.py sets model.backbone.prompt=None), scoring what
+    the tuned checkpoint scores."""
+    import pickle
+
+    from tools.test import main as test_main
+    config, checkpoint = trained_lora
+    out = str(tmp_path / 'merged.pth')
+    assert merge_checkpoint(config, checkpoint, out) == 'LoRA'
+    images = torch.randn(3, 3, 32, 32)
+    tuned, _ = scores(config, checkpoint, images, {'model.backbone.prompt.rank': 4})
+    merged, _ = scores(config, out, images, {'model.backbone.prompt': None})
+    torch.testing.assert_close(merged, tuned, rtol=0, atol=1e-5)
+    saved = torch.load(out, map_location='cpu', weights_only=False)
+    assert saved['meta']['mmvpt'] == dict(tuned_only=False, prompts={},
+                                          merged={'backbone.prompt': 'LoRA'})
+    # LoRA moved the frozen weights (the equality above is not that of two plain models)
+    frozen = torch.load(demo_backbone, map_location='cpu')['blocks.0.attn.qkv.weight']
+    moved = saved['state_dict']['backbone.vit.blocks.0.attn.qkv.weight'] - frozen
+    assert moved.abs().max() > 1e-3
+    # without the saved config, the config file's rank 2 does not fit: the error says what to pass
+    bare = tmp_path / 'bare.pth'
+    torch.save(dict(state_dict=torch.load(checkpoint, map_location='cpu',
+                                          weights_only=False)['state_dict']), bare)
+    with pytest.raises(ValueError, match=r'lora_a_q: checkpoint \(4, 4, 64\) vs model \(4, 2, '
+                       r'64\).*saves no config: pass the --cfg-options it was trained with'):
+        merge_checkpoint(config, str(bare), str(tmp_path / 'bare_merged.pth'))
+    # tools/test.py: the method's config, no option about the method, same predictions
+    scores_of = {}
+    for run, ckpt, extra in (('tuned', checkpoint, ['model.backbone.prompt.rank=4']),
+                             ('merged', out, [])):
+        test_main([config, ckpt, '--work-dir', str(tmp_path / run), '--out',
+                   str(tmp_path / f'{run}.pkl'), '--cfg-options', *data_options(tiny_vtab),
+                   f'experiment_name=lora_test_{run}', *extra])
+        with open(tmp_path / f'{run}.pkl', 'rb') as f:
+            scores_of[run] = torch.stack([sample['pred_score'] for sample in pickle.load(f)])
+    torch.testing.assert_close(scores_of['merged'], scores_of['tuned'], rtol=0, atol=1e-5)
+
+
+def test_a_merged_checkpoint_into_the_method_names_the_option(tmp_path, demo_backbone):
+    """Loaders that keep the method (a runner with TunedCheckpointHook, given the method's
+    config) fail in one line naming the option that loads a merged checkpoint."""
+    from mmvpt.models.utils import CheckpointMismatchError
+    from mmvpt.models.utils.tuned_state import check_checkpoint_fit
+    from mmvpt.utils.tuned_checkpoint import merged_methods
+    config, checkpoint = tuned_task(tmp_path, demo_backbone, 'ssf')
+    out = str(tmp_path / 'merged.pth')
+    merge_checkpoint(config, checkpoint, out)
+    saved = torch.load(out, map_location='cpu', weights_only=False)
+    _, model = scores(config, checkpoint, torch.randn(1, 3, 32, 32))
+    with pytest.raises(CheckpointMismatchError) as err:
+        check_checkpoint_fit(model, saved['state_dict'], 'merged.pth', {},
+                             merged=merged_methods(saved['meta']))
+    assert str(err.value) == ('merged.pth holds SSF merged into the frozen weights (a model '
+                              'without the method): load it with --cfg-options '
+                              'model.backbone.prompt=None')
+    # merging it again: one line saying it is merged
+    from mmvpt.apis.inference import InputError
+    with pytest.raises(InputError, match='merged.pth: holds SSF merged into the frozen weights '
+                       'already; nothing is left to merge'):
+        merge_checkpoint(config, out, str(tmp_path / 'again.pth'))
+    # checkpoints merged before meta['mmvpt'] named the method: meta['merged'] still read
+    assert merged_methods({'merged': 'LoRA', 'cfg': ''}) == {'backbone.prompt': 'LoRA'}
+    assert merged_methods({'mmvpt': dict(tuned_only=True, prompts={})}) == {}
 
 
 def test_merging_a_model_without_a_method_says_so(tmp_path, demo_backbone):

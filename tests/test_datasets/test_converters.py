@@ -16,8 +16,10 @@ import os
 import os.path as osp
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +33,7 @@ from mmvpt.datasets.preparation import (
     Slice,
     convert_fgvc,
     convert_vtab,
+    downloads,
     read_manifest,
     verify_fgvc,
     verify_vtab,
@@ -391,10 +394,11 @@ def tiny_pixels(index):
 @pytest.fixture(scope='module')
 def tiny_builders(tfds):
     """Real tfds builders (registered by name when defined): tiny_scenes, 30 train and 12
-    test images (PNG-encoded, as the archives tfds reads); and three that fail the ways
+    test images (PNG-encoded, as the archives tfds reads); and four that fail the ways
     tfds' builders do: needs_tensorflow (reads with tf.io.gfile, as most of tfds' builders),
     needs_hdf5 (a module that is not installed, as dsprites' h5py), undecodable_image (an
-    archive image the builder cannot decode, as sun397's)."""
+    archive image the builder cannot decode, as sun397's), drops_connection (a download
+    cut off, its partial file left)."""
     class TinyScenes(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version('1.0.0')
 
@@ -426,6 +430,14 @@ def tiny_builders(tfds):
         def _generate_examples(self, first, count):
             raise ValueError('Image SUN397/t/track/outdoor/sun_x.jpg could not be decoded.')
             yield  # a generator, as tfds expects
+
+    class DropsConnection(TinyScenes):
+        """Loses the connection half-way through a download, leaving tfds' partial file."""
+        def _split_generators(self, dl_manager):
+            partial = dl_manager.download_dir / self.name / f'scenes.tar.gz.tmp.{"0" * 32}'
+            partial.mkdir(parents=True)
+            (partial / 'scenes.tar.gz').write_bytes(b'half an archive')
+            raise ConnectionError('Connection reset by peer')
 
     return TinyScenes
 
@@ -518,6 +530,171 @@ def test_manual_download_gives_the_instruction(tfds, task, needed, tmp_path, vta
     for text in needed:
         assert text in err[0]
     assert not osp.exists(tmp_path / 'out' / task)
+
+
+# -- before any download: what a task needs, the offline routes, no partial files left --------
+DTD_ARCHIVE = 'dtd-r1.0.1.tar.gz'
+DTD_URL = f'https://www.robots.ox.ac.uk/~vgg/data/dtd/download/{DTD_ARCHIVE}'
+NEEDS_TENSORFLOW = ("generating dtd:3.0.1 from its downloads needs TensorFlow, not installed "
+                    "here (tfds' builders read their archives with it): pip install -r "
+                    "requirements/extras/data-tensorflow.txt")
+OFFLINE_ROUTES = ('or use a copy prepared elsewhere (dtd:3.0.1 is not prepared in {tfds}): '
+                  '--tfds-dir DIR where it is, or an existing VTAB-1k folder (check it with '
+                  '`vtab1k.py --verify ROOT`)')
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """No proxy from the environment: the probes go to the download hosts themselves."""
+    for name in ('http_proxy', 'https_proxy', 'all_proxy', 'no_proxy'):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture
+def probes(monkeypatch, no_proxy):
+    """Every host is as unreachable as a local port nothing listens on; the addresses probed
+    are recorded. A download that starts anyway fails at once (requests' send)."""
+    import requests
+    refused, connect, probed = closed_port(), downloads.connect, []
+
+    def unreachable_connect(host, port, timeout):
+        probed.append((host, port))
+        connect('127.0.0.1', refused, timeout)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError('a download started')
+
+    monkeypatch.setattr(downloads, 'connect', unreachable_connect)
+    monkeypatch.setattr(requests.Session, 'send', no_download)
+    return probed
+
+
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]  # released: nothing listens there
+
+
+def snapshot(folder):
+    """Every path under ``folder`` with its bytes (None for a folder)."""
+    return {osp.relpath(path, folder): None if osp.isdir(path) else open(path, 'rb').read()
+            for path in glob.glob(osp.join(folder, '**'), recursive=True)}
+
+
+def test_offline_fails_fast_naming_what_is_missing_and_the_routes(tfds, tmp_path, vtab_tool,
+                                                                  capsys, monkeypatch, probes):
+    monkeypatch.setattr(vtab_preparation, 'tensorflow_installed', lambda: False)
+    root, tfds_dir = tmp_path / 'vtab-1k', tmp_path / 'tfds'
+    # Already there: a task written earlier, and another run's partial download.
+    make_vtab_task(str(root), 'cifar', num_classes=100, num_train=2, num_val=2, num_test=2)
+    (root / 'cifar' / 'manifest.json').write_text('{"task": "cifar"}')
+    other_run = tfds_dir / 'downloads' / 'dtd' / f'{DTD_ARCHIVE}.tmp.{"1" * 32}'
+    other_run.mkdir(parents=True)
+    (other_run / DTD_ARCHIVE).write_bytes(b'another run is downloading')
+    before = snapshot(tmp_path)
+    start = time.monotonic()
+    assert vtab_tool.main([str(root), '--tasks', 'cifar', 'dtd', 'smallnorb_azi', '--tfds-dir',
+                           str(tfds_dir)]) == 1
+    assert time.monotonic() - start < 10  # tfds' retries took 209 s to give up
+    err = capsys.readouterr().err.splitlines()
+    expected = (f'vtab1k.py: error: dtd: {NEEDS_TENSORFLOW}; cannot reach www.robots.ox.ac.uk '
+                f'(REASON) to download {DTD_ARCHIVE} (596.28 MiB, {DTD_URL}): put it into '
+                f'{tfds_dir}/downloads/manual, where tfds takes downloads from (checking their '
+                f'sha256); ' + OFFLINE_ROUTES.format(tfds=tfds_dir) + ' (1 more of the tasks '
+                'asked for cannot be prepared here either: smallnorb_azi)')
+    assert len(err) == 1 and re.fullmatch(re.escape(expected).replace(
+        'REASON', r'ConnectionRefusedError: [^)]+'), err[0]), err
+    # each host once, no retries, before any task is written
+    assert sorted(probes) == [('cs.nyu.edu', 443), ('www.robots.ox.ac.uk', 443)]
+    assert snapshot(tmp_path) == before  # nothing written, nothing removed
+
+
+def test_archives_already_here_need_no_network(tfds, tmp_path, vtab_tool, capsys, monkeypatch,
+                                               probes):
+    from etils import epath
+    from tensorflow_datasets.core.download import resource as tfds_resource
+    tfds_dir, manual = tmp_path / 'tfds', tmp_path / 'tfds' / 'downloads' / 'manual'
+    manual.mkdir(parents=True)
+    (manual / DTD_ARCHIVE).write_bytes(b'')  # tfds checks the sha256 when it reads it
+    monkeypatch.setattr(vtab_preparation, 'tensorflow_installed', lambda: False)
+    assert vtab_tool.main([str(tmp_path / 'out'), '--tasks', 'dtd', '--tfds-dir',
+                           str(tfds_dir)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f'vtab1k.py: error: dtd: {NEEDS_TENSORFLOW}; ' + OFFLINE_ROUTES.format(tfds=tfds_dir)]
+
+    def check():
+        vtab_preparation.check_before_downloading(
+            str(tmp_path / 'out'), ['dtd'], VTAB_SOURCES, tfds, str(tfds_dir), str(manual))
+    monkeypatch.setattr(vtab_preparation, 'tensorflow_installed', lambda: True)
+    check()  # the archive in the manual folder: nothing to download
+    (manual / DTD_ARCHIVE).unlink()
+    with pytest.raises(PreparationError, match=f'cannot reach www.robots.ox.ac.uk .* to '
+                       f'download {re.escape(DTD_ARCHIVE)}'):
+        check()
+    # tfds' own cache of an earlier download: the file and its .INFO, under tfds' name for it
+    info = tfds.builder('dtd:3.0.1', data_dir=str(tfds_dir)).url_infos[DTD_URL]
+    cached = epath.Path(tfds_dir / 'downloads' / 'dtd' / tfds_resource.get_dl_fname(
+        DTD_URL, info.checksum))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b'')
+    tfds_resource.get_info_path(cached).write_text('{}')
+    probes.clear()
+    check()
+    assert probes == []
+
+
+def test_failed_download_leaves_no_partial_files(tfds, tiny_builders, tmp_path):
+    tfds_dir = tmp_path / 'tfds'
+    other_run = tfds_dir / 'downloads' / 'drops_connection' / f'other.zip.tmp.{"1" * 32}'
+    other_run.mkdir(parents=True)
+    source = dataclasses.replace(SMALL_SOURCES['dtd'], tfds_name='drops_connection',
+                                 version='1.0.0')
+    with pytest.raises(PreparationError, match=r'dtd: tensorflow-datasets could not prepare '
+                       r'drops_connection:1\.0\.0 in .*\(ConnectionError: Connection reset'):
+        convert_vtab(str(tmp_path / 'out'), ['dtd'], str(tfds_dir), sources=dict(dtd=source),
+                     log=lambda message: None)
+    assert glob.glob(str(tfds_dir / '**' / '*.tmp.*'), recursive=True) == [str(other_run)]
+    assert os.listdir(tmp_path / 'out') == []
+
+
+def test_probe_is_bounded_and_names_each_address(monkeypatch, no_proxy):
+    with socket.socket() as server:
+        server.bind(('127.0.0.1', 0))
+        server.listen()
+        port, refused = server.getsockname()[1], closed_port()
+        found = downloads.unreachable([f'http://127.0.0.1:{port}/a', f'http://127.0.0.1:{port}/b',
+                                       f'https://127.0.0.1:{refused}/c'], timeout=2)
+    assert list(found) == [('127.0.0.1', refused)]
+    assert found[('127.0.0.1', refused)].startswith('ConnectionRefusedError')
+    # A host that does not answer is reported at the timeout, not waited for.
+    monkeypatch.setattr(downloads, 'connect', lambda host, port, timeout: time.sleep(3))
+    start = time.monotonic()
+    assert downloads.unreachable(['https://slow.example/x'], timeout=0.3) == {
+        ('slow.example', 443): 'no answer within 0.3 s'}
+    assert time.monotonic() - start < 2
+    # Through a proxy, the proxy is what a download connects to.
+    monkeypatch.setenv('https_proxy', 'http://proxy.example:3128')
+    monkeypatch.setenv('no_proxy', 'local.example')
+    assert downloads.address_of(DTD_URL) == ('proxy.example', 3128)
+    assert downloads.address_of('https://local.example/x') == ('local.example', 443)
+
+
+def test_sources_agree_with_tfds_downloads(tfds, tmp_path):
+    """The tasks' manual downloads are those tfds marks as manual; the URLs said unused are
+    in tfds' checksums (else tfds moved on and the table is stale); every task has something
+    to fetch; tfds' builders are known to need TensorFlow to generate."""
+    manual = []
+    for task, source in VTAB_SOURCES.items():
+        builder = vtab_preparation.tfds_builder(task, source, tfds, str(tmp_path))
+        urls = set(builder.url_infos or {})
+        assert set(source.unused_downloads) <= urls, task
+        assert bool(source.manual_paths) == bool(builder.MANUAL_DOWNLOAD_INSTRUCTIONS), task
+        assert urls - set(source.unused_downloads) or source.manual_paths, task
+        assert vtab_preparation.needs_tensorflow(builder), task
+        if source.manual_paths:
+            manual.append(task)
+    assert manual == ['resisc45', 'diabetic_retinopathy']
 
 
 def test_labels_out_of_range_name_the_example(tfds, tmp_path):

@@ -199,6 +199,44 @@ def test_the_tools_add_the_frozen_init_hook_for_methods_that_derive_tensors(tmp_
     assert (hook in tested.get('custom_hooks', [])) is added
 
 
+# (config, prompt that replaces its method or None, a hook of its method, the model's method
+# when the hook is dropped or None when it stays)
+@pytest.mark.parametrize('config, prompt, hook, dropped_for', [
+    ('e2vpt/vit-b16_vtab-cifar.py', "dict(_delete_=True, type='mmvpt.LoRA', rank=4)",
+     'mmvpt.PromptPruningHook', 'LoRA'),
+    ('e2vpt/vit-b16_vtab-cifar.py', None, 'mmvpt.PromptPruningHook', None),
+    ('cvpt/setr_vit-l_ade20k.py', "dict(_delete_=True, type='mmvpt.VPT', num_tokens=2)",
+     'mmvpt.CrossAttentionInitHook', 'VPT'),
+    ('cvpt/setr_vit-l_ade20k.py', 'None', 'mmvpt.CrossAttentionInitHook', 'none'),
+    ('cvpt/setr_vit-l_ade20k.py', "dict(_delete_=True, type='mmvpt.DoRA')",
+     'mmvpt.CrossAttentionInitHook', None),
+    ('cvpt/setr_vit-l_ade20k.py', None, 'mmvpt.CrossAttentionInitHook', None),
+], ids=['e2vpt-to-lora', 'e2vpt', 'cvpt-to-vpt', 'cvpt-to-none', 'cvpt-to-dora', 'cvpt'])
+def test_a_methods_hooks_go_when_the_config_switches_to_a_method_they_do_not_serve(
+        tmp_path, capsys, config, prompt, hook, dropped_for):
+    path = osp.join(ROOT, 'configs', config)
+    if prompt is not None:
+        path = tmp_path / 'switched.py'
+        path.write_text(f"_base_ = [{osp.join(ROOT, 'configs', config)!r}]\n"
+                        f'model = dict(backbone=dict(prompt={prompt}))\n')
+    hooks = [h['type'] for h in add_training_hooks(prepare_config(str(path))).custom_hooks]
+    assert (hook in hooks) is (dropped_for is None)
+    assert 'mmvpt.TunedCheckpointHook' in hooks  # hooks of no method stay
+    assert 'mmvpt.FrozenInitHook' not in hooks  # not added back, nor twice
+    dropped = [line for line in capsys.readouterr().err.splitlines() if 'dropped' in line]
+    if dropped_for is None:
+        assert dropped == []
+    else:
+        serves = ('methods with prunable prompts (E2VPT)' if 'Pruning' in hook else
+                  'methods that derive tensors from the frozen weights (CVPT, DoRA)')
+        assert dropped == [f"mmvpt: custom_hooks: {hook} dropped: it serves {serves}, and the "
+                           f"model's method is {dropped_for}"]
+    # tools/test.py's path too; prepare_config alone (a runner built by hand) keeps the list
+    tested = [h['type'] for h in add_frozen_init_hook(prepare_config(str(path))).custom_hooks]
+    assert (hook in tested) is (dropped_for is None)
+    assert hook in [h['type'] for h in prepare_config(str(path)).custom_hooks]
+
+
 def test_configs_that_list_the_hook_or_its_former_name_get_no_second_one():
     # the generated CVPT configs inherit no hook from their base config now: the tools add it
     generated = osp.join(ROOT, 'configs/cvpt/swin-b_vtab-cifar.py')

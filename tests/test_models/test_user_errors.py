@@ -33,6 +33,38 @@ def test_an_unknown_method_option_names_the_method_and_the_closest_option(prompt
         tiny_vit(prompt=prompt)
 
 
+def test_a_method_switched_over_another_methods_config_names_delete_and_its_base_config(
+        tmp_path):
+    # LoRA over a CVPT config: MMEngine merges the new prompt dict into the inherited one
+    from mmengine.config import Config
+    switched = tmp_path / 'lora.py'
+    switched.write_text(f"_base_ = [{osp.join(ROOT, 'configs/cvpt/vit-b16_vtab-cifar.py')!r}]\n"
+                        "model = dict(backbone=dict(prompt=dict(type='mmvpt.LoRA', rank=4)))\n")
+    prompt = Config.fromfile(str(switched)).model.backbone.prompt.to_dict()
+    assert prompt['ca_init'] == 'shared'  # CVPT's, inherited
+    with pytest.raises(ValueError) as err:
+        tiny_vit(prompt=prompt)
+    assert str(err.value) == (
+        "LoRA has no option 'ca_init', an option of CVPT: a config switching methods replaces "
+        "the inherited prompt with prompt=dict(_delete_=True, type='mmvpt.LoRA', ...) or "
+        'inherit configs/_base_/methods/lora.py (its recipe and hooks) (LoRA options: alpha, '
+        'dropout, rank, targets)')
+    # the fix the message names
+    switched.write_text(switched.read_text().replace('dict(type=', 'dict(_delete_=True, type='))
+    prompt = Config.fromfile(str(switched)).model.backbone.prompt.to_dict()
+    assert prompt == dict(type='mmvpt.LoRA', rank=4)
+    assert tiny_vit(prompt=prompt).prompt.rank == 4
+
+
+def test_the_base_config_a_method_error_names_exists():
+    from mmvpt.models.methods import method_classes
+    folders = [cls.config_folder for cls in method_classes() if cls.config_folder]
+    assert len(folders) >= 11
+    missing = [f for f in folders
+               if not osp.isfile(osp.join(ROOT, f'configs/_base_/methods/{f}.py'))]
+    assert missing == []
+
+
 def test_every_documented_option_is_accepted():
     tiny_vit(prompt=dict(type='mmvpt.E2VPT', num_tokens=2, num_kv_tokens=1, kv_location='after',
                          share_kv=False, num_segments=4, segment_layout='interleaved',

@@ -168,3 +168,13 @@ def test_demo_prompt_tunes_far_above_chance(tmp_path):
     accuracy = float(line.split('accuracy: ')[1].split('%')[0])
     assert accuracy >= 75.0, line  # chance is 25%
     assert 'tuned parameters: 2,308 of 215,876' in proc.stdout
+    # the terminal gets a line per stage and the summary; MMEngine's log goes to demo.log
+    log_path = tmp_path / 'demo.log'
+    lines = proc.stdout.splitlines()
+    assert len(lines) <= 15, proc.stdout
+    assert lines[0] == f'[demo] a line per stage here; the full log in {log_path}'
+    assert lines[-1].startswith('[demo] done in ') and lines[-1].endswith(f' {log_path}')
+    assert 'Epoch(train)' not in proc.stdout + proc.stderr
+    log = log_path.read_text()
+    assert log.count('Epoch(train)') > 50 and len(log.splitlines()) > 500
+    assert line in log and '[demo] stage 3: e2vpt on the frozen backbone' in log

@@ -19,7 +19,7 @@ ViT). Swin has no CLS token, so iVPT runs there without attention-guided reinfor
 
 The model is the backbone and a 100-class linear head (``Classifier``). Rows:
 
-- ``none``, the P=0 reference every "x P=0" ratio refers to: the frozen backbone without
+- ``none``, the P=0 reference every "x P=0" column refers to: the frozen backbone without
   prompts whose train step still back-propagates through every block (to the
   patch-embedding output), i.e. the cost structure of prompt tuning without prompts. It is
   always measured; its row is printed when ``none`` is in ``--methods`` or 0 in ``--prompts``.
@@ -32,21 +32,36 @@ The model is the backbone and a 100-class linear head (``Classifier``). Rows:
 - the prompt methods, one row per P > 0;
 - the adapter-style baselines (LoRA, AdaptFormer, Adapter, SSF, BitFit), one row each.
 
-Columns: tuned params are the parameters the optimizer steps, the head's (100·C + 100)
-included. FLOPs are counted with torch's FlopCounterMode over one forward + backward, on
-the eager model (also with ``--compile``: compiled kernels are not aten ops it could count).
-A timed train step is what MMEngine's runner does per iteration: forward and loss, backward,
-and the AdamW step on the tuned parameters, then zero_grad. The step time is the median
-over ``--steps`` steps (default 10 on GPU, 3 on CPU) after ``--warmup`` steps (default 3 on
-GPU, 1 on CPU; at least 2 with ``--compile``), timed by CUDA events around each step on
-GPU and by ``time.perf_counter`` on CPU. Memory: on GPU the peak allocated during the timed
-steps less what was allocated before them (weights, gradients kept, AdamW moments), i.e.
-what the step itself needs; on CPU the bytes autograd holds for backward (saved
-activations, each storage once, parameters left out, so under ``--amp`` the low-precision
-copies of the weights that are saved count), computed under the same autocast as the step.
-``--with-cp`` adds that memory with gradient checkpointing (``with_cp=True``; on CPU the
-saved bytes are then each block's input plus what lies outside the blocks, not the one
-block recomputed at a time in backward) and its ratio to without.
+Columns ("x P=0": over the reference row's figure; "x full": over full fine-tuning's):
+``prompts P`` is the prompt count ("-" for rows without prompts); ``tuned params`` the
+parameters the optimizer steps, the head's (100·C + 100) included. ``train GFLOPs`` are
+counted with torch's FlopCounterMode over one forward + backward, on the eager model (also
+with ``--compile``: compiled kernels are not aten ops it could count). A timed train step is
+what MMEngine's runner does per iteration: forward and loss, backward, and the AdamW step on
+the tuned parameters, then zero_grad. Every row's model is built and warmed up first
+(``--warmup`` steps, default 3 on GPU, 1 on CPU; at least 2 with ``--compile``), then the
+rows' timed steps are interleaved: each of ``--steps`` rounds (default 10 on GPU, 3 on CPU)
+runs one step of every row in turn, so that a change of the machine's load hits every row
+alike. ``step s min / median / max`` are over the rounds; a step ratio (``step x P=0``,
+``step x full``) is taken within each round (the row's step over the reference's of the same
+round), then min / median / max over the rounds. Steps are timed by CUDA events on GPU and by
+``time.perf_counter`` on CPU. Where the models do not fit in memory together (half of the free
+GPU memory, or of MemAvailable on CPU), the rows are timed in groups, the references again
+beside each. Memory: on GPU (``step peak GPU MiB``) the peak allocated during a timed step
+less what was allocated before it (weights, gradients kept, AdamW moments), i.e. what the
+step itself needs; on CPU (``saved for backward MiB``) the bytes autograd holds for backward
+(saved activations, each storage once, parameters left out, so under ``--amp`` the
+low-precision copies of the weights that are saved count), computed under the same autocast
+as the step. ``--with-cp`` adds that memory with gradient checkpointing (``with_cp MiB``,
+``with_cp=True``; on CPU the saved bytes are then each block's input plus what lies outside
+the blocks, not the one block recomputed at a time in backward) and its ratio to without.
+
+The table is printed when its rows are measured, a legend under it; progress (each model
+built, each round timed) goes to stderr as it happens. A ``WARNING:`` line under the table
+says when the times are not to be trusted: a row's step times or step ratios varying between
+rounds by more than 1.25x (max / min), the 1-minute load average above the number of CPUs
+while timing (other jobs took turns with the steps; this run's own threads count too), or
+fewer than 3 timed steps.
 
 ``--amp bf16|fp16`` runs the step as MMEngine's ``AmpOptimWrapper`` does: the forward and
 the loss under ``torch.autocast(device, dtype, cache_enabled=False)``, backward and step
@@ -106,6 +121,8 @@ from mmvpt.analysis.benchmark import (  # noqa: E402
     BASELINES,
     FULL,
     METHODS,
+    REFERENCE,
+    VARIANTS,
     BenchmarkOptions,
     OptionError,
     check_options,
@@ -116,6 +133,7 @@ from mmvpt.analysis.benchmark import (  # noqa: E402
     method_name,
     parse_profile_spec,
     profile_step,
+    timing_warnings,
 )
 
 
@@ -130,37 +148,75 @@ def title(arch, img_size, batch, options, setting):
             + (f', arch_cfg {json.dumps(options.arch_cfg)}' if options.arch_cfg else ''))
 
 
+def _prompts(row):
+    """The prompt count, shown for the P=0 reference and the prompt methods only (linear
+    probing, full fine-tuning and the adapter-style rows have none)."""
+    return str(row['P']) if row['method'] == REFERENCE or row['method'] in VARIANTS else '-'
+
+
+def _spread_columns(label, key, format):
+    """The min, median and max columns of a timed figure (``key`` the median's)."""
+    return [(f'{label} {which}', lambda r, k=f'{key}{suffix}': format(r[k]))
+            for which, suffix in (('min', '_min'), ('median', ''), ('max', '_max'))]
+
+
 def table_columns(options):
     """(header, format) of each column of the training table; ``format(row)`` gives a cell."""
     mib = lambda key: lambda r: _short(r[key] / 2**20)  # noqa: E731
     ratio = lambda key, digits=2: lambda r: f'{r[key]:.{digits}f}'  # noqa: E731
-    columns = [('method', lambda r: r['name']), ('P', lambda r: str(r['P'])),
+    seconds = lambda value: f'{value:.4g}'  # noqa: E731
+    times = lambda value: f'{value:.2f}'  # noqa: E731
+    columns = [('method', lambda r: r['name']), ('prompts P', _prompts),
                ('tuned params', lambda r: f'{r["tuned"]:,}'),
                ('train GFLOPs', lambda r: _short(r['flops'] / 1e9)),
-               ('x P=0', ratio('flops_x_p0', 3)),
-               ('step s', lambda r: f'{r["seconds"]:.4g}'), ('x P=0', ratio('seconds_x_p0'))]
+               ('GFLOPs x P=0', ratio('flops_x_p0', 3))]
+    columns += _spread_columns('step s', 'seconds', seconds)
+    columns += _spread_columns('step x P=0', 'seconds_x_p0', times)
     full = FULL in options.methods
     if full:
-        columns.append(('x full', ratio('seconds_x_full')))
-    columns += [('peak GPU MiB' if options.device == 'cuda' else 'saved act. MiB', mib('memory')),
-                ('x P=0', ratio('memory_x_p0'))]
+        columns += _spread_columns('step x full', 'seconds_x_full', times)
+    columns += [('step peak GPU MiB' if options.device == 'cuda' else 'saved for backward MiB',
+                 mib('memory')), ('memory x P=0', ratio('memory_x_p0'))]
     if full:
-        columns.append(('x full', ratio('memory_x_full')))
+        columns.append(('memory x full', ratio('memory_x_full')))
     if options.with_cp:
-        columns += [('with_cp MiB', mib('cp_memory')), ('x no cp', ratio('cp_x_no_cp'))]
+        columns += [('with_cp MiB', mib('cp_memory')), ('with_cp x without', ratio('cp_x_no_cp'))]
     if options.compile:
-        columns.append(('first step s', lambda r: f'{r["first_seconds"]:.2f}'))
+        columns.append(('first step s (compiles)', lambda r: f'{r["first_seconds"]:.2f}'))
     return columns
 
 
+def legend(options):
+    """What the columns mean, printed under the table."""
+    memory = ('step peak GPU MiB: the peak allocated during a timed step over what was '
+              'allocated before it' if options.device == 'cuda' else
+              'saved for backward MiB: the bytes autograd holds for backward (activations, '
+              'frozen weights left out)')
+    return (f'x P=0: over the P=0 reference row (the frozen backbone without prompts, '
+            f'back-propagating through every block); x full: over full fine-tuning. Step times: '
+            f'{options.steps} timed train steps per row after {options.warmup} warm-up, the '
+            f'rows\' steps interleaved (each round one step of every row); a step ratio is '
+            f'taken within each round (the row\'s step over the reference\'s of the same '
+            f'round); min / median / max over the rounds. {memory}.')
+
+
 def print_table(arch, img_size, batch, options):
-    """The table of one (arch, image size, batch), a row as soon as it is measured."""
+    """The table of one (arch, image size, batch), printed when its rows are measured (each
+    model built and each timed round said on stderr as it goes); under it the legend, and a
+    warning where the times are not to be trusted."""
     columns = table_columns(options)
-    print(title(arch, img_size, batch, options, describe_setting(options)))
+    print(title(arch, img_size, batch, options, describe_setting(options)), flush=True)
+    progress = lambda message: print(f'[benchmark] {message}', file=sys.stderr, flush=True)  # noqa: E731
+    rows = measure_rows(arch, img_size, batch, options, on_progress=progress)
     print('| ' + ' | '.join(name for name, _ in columns) + ' |')
-    print('|---|' + '---:|' * (len(columns) - 1), flush=True)
-    return measure_rows(arch, img_size, batch, options, on_row=lambda row: print(
-        '| ' + ' | '.join(cell(row) for _, cell in columns) + ' |', flush=True))
+    print('|---|' + '---:|' * (len(columns) - 1))
+    for row in rows:
+        print('| ' + ' | '.join(cell(row) for _, cell in columns) + ' |')
+    print('\n' + legend(options))
+    for line in timing_warnings(rows, options.steps):
+        print(line)
+    sys.stdout.flush()
+    return rows
 
 
 SORT_NAMES = dict(self_cpu_us='self CPU', self_cuda_us='self CUDA')

@@ -8,7 +8,8 @@
 #   bash tools/analysis/gpu_benchmark.sh compiled  # the same ViT-B rows under torch.compile
 #
 # On the lent GPU machine (../shared/gpu/README.md): bash .gpu-kit/run.sh bash tools/analysis/gpu_benchmark.sh eager
-# Output: the tables on stdout, and a copy in $OUT (or work_dirs/gpu_benchmark) per part.
+# Output: the tables on stdout, and a copy in $OUT (or work_dirs/gpu_benchmark) per part
+# (<part>.md); the progress lines and any error on stderr, copied to <part>.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 part=${1:-eager}
@@ -24,11 +25,12 @@ case $part in
       # the SETR shape: ViT-L/16 at 512, batch 4
       "${bench[@]}" --arch vit_large_patch16_384 --img-size 512 --batch 4 --prompts 0,200 \
           --methods none,linear,full,vpt,cvpt_sample --with-cp
-    } 2>&1 | tee "$out/eager.md"
+    } 2> >(tee "$out/eager.log" >&2) | tee "$out/eager.md"
     ;;
   compiled)
     "${bench[@]}" --compile --batch 64 --prompts 0,10,200 \
-        --methods none,linear,full,vpt,e2vpt,cvpt_sample,ivpt,lora,ssf 2>&1 | tee "$out/compiled.md"
+        --methods none,linear,full,vpt,e2vpt,cvpt_sample,ivpt,lora,ssf \
+        2> >(tee "$out/compiled.log" >&2) | tee "$out/compiled.md"
     ;;
   *)
     echo "usage: $0 eager|compiled" >&2

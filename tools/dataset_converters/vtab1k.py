@@ -11,8 +11,12 @@ sha256 of each list). PNG by default: the pixels tfds decodes, exactly; ``--form
 writes ``.jpg`` files as other PEFT code has them, lossy. A task already complete is
 skipped; one being written lives in ``<root>/<task>.partial`` until it is whole.
 Needs ``pip install -r requirements/extras/data.txt`` (and, to generate the datasets from
-their downloads, requirements/extras/data-tensorflow.txt). Split definitions, versions and
-label rules: mmvpt/datasets/preparation/vtab.py; README, "Preparing the data".
+their downloads, requirements/extras/data-tensorflow.txt). Before any download it checks what
+each task still needs (TensorFlow, manual files, the download hosts reachable: one short
+probe each) and stops with what is missing and the offline routes: the archives put into
+the manual folder, a --tfds-dir where the datasets are prepared, or an existing VTAB-1k copy
+(--verify). Split definitions, versions and label rules:
+mmvpt/datasets/preparation/vtab.py; README, "Preparing the data".
 """
 import argparse
 import os
@@ -42,8 +46,9 @@ def parse_args(argv=None):
         'TFDS_DATA_DIR', osp.join('~', 'tensorflow_datasets')),
                         help='where tfds keeps downloads and prepared datasets (default: '
                         '$TFDS_DATA_DIR or ~/tensorflow_datasets)')
-    parser.add_argument('--manual-dir', help='manual downloads (resisc45, diabetic_retinopathy; '
-                        'default: <tfds-dir>/downloads/manual)')
+    parser.add_argument('--manual-dir', help='manual downloads (resisc45, diabetic_retinopathy), '
+                        'and any task\'s archives fetched elsewhere, under the names tfds '
+                        'gives them (default: <tfds-dir>/downloads/manual)')
     parser.add_argument('--format', choices=('png', 'jpeg'), default='png',
                         help='png: lossless, tfds\' pixels (default); jpeg: lossy .jpg files')
     parser.add_argument('--num-workers', type=int, default=min(8, os.cpu_count() or 1),

@@ -1,5 +1,7 @@
 """One train step of a row's model as MMEngine's runner runs it, measured: FLOPs, time and
 memory (:func:`measure`), and the rows of one table (:func:`measure_rows`)."""
+import contextlib
+import os
 import statistics
 import time
 import warnings
@@ -10,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from mmvpt.utils import parameter_report
 
-from .rows import FULL, NUM_CLASSES, REFERENCE, build, method_name, row_keys
+from .rows import FULL, NUM_CLASSES, REFERENCE, VARIANTS, build, method_name, row_keys
 
 
 def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs):
@@ -92,13 +94,15 @@ def saved_activation_bytes(model, img, amp=None):
     return sum(held.values())
 
 
-def compiled(model, options):
+def compiled(model, options, reset=True):
     """``model`` as the timed steps run it: torch.compile'd with ``options.compile``.
-    Dynamo's cache is reset first: every row's new model would otherwise add entries for the
-    same code until its cache limit, after which it silently runs eager."""
+    Dynamo's cache is reset first (unless not ``reset``): every row's new model would
+    otherwise add entries for the same code until its cache limit, after which it silently
+    runs eager."""
     if not options.compile:
         return model
-    torch._dynamo.reset()
+    if reset:
+        torch._dynamo.reset()
     return torch.compile(model, backend=options.compile_backend)
 
 
@@ -175,49 +179,278 @@ def measure(model, batch, img_size, options, steps, count_flops=True):
     return result
 
 
-
 def tuned_parameters(model):
     """What the optimizer steps, the head included (pruned E2VPT prompts left out)."""
     return parameter_report(model)['tuned']
-
 
 
 def _ratio(value, reference):
     return None if value is None or reference is None else value / reference
 
 
-def measure_rows(arch, img_size, batch, options, on_row=None):
+# A row's timed figures are trusted when its step times, and its steps' ratios to the
+# references', vary by at most this factor (max / min) between rounds, and the machine's
+# 1-minute load average stays at most LOAD_LIMIT per CPU (more runnable threads than CPUs
+# means other jobs took turns with the timed steps).
+SPREAD_LIMIT = 1.25
+LOAD_LIMIT = 1.0
+
+
+def machine_load():
+    """The 1-minute load average (runnable threads, this process's included), or None where
+    the OS keeps none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def resident_bytes(model):
+    """Bytes a row's model keeps between steps: its parameters and buffers, and for each
+    tuned parameter a gradient and AdamW's two moments."""
+    held = sum(t.numel() * t.element_size()
+               for t in list(model.parameters()) + list(model.buffers()))
+    tuned = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return held + 3 * tuned
+
+
+def memory_budget(device):
+    """Bytes the models timed together may keep: half of what is free (the GPU's free memory;
+    on CPU, /proc/meminfo's MemAvailable), the other half left to the steps' activations.
+    None where it cannot be told (no limit)."""
+    if device == 'cuda':
+        return torch.cuda.mem_get_info()[0] // 2
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return None
+
+
+def row_label(row):
+    """A row's name, and its prompt count where it has one (the P=0 reference, the prompt
+    methods)."""
+    prompted = row['method'] == REFERENCE or row['method'] in VARIANTS
+    return f'{row["name"]} P={row["P"]}' if prompted else row['name']
+
+
+def _spread(values):
+    """(min, median, max) of ``values``."""
+    return min(values), statistics.median(values), max(values)
+
+
+def _compile_limit(models):
+    """Dynamo's recompile limit raised for ``models`` compiled models at once: each adds
+    entries for the same code (other shapes, other prompt layouts), and past the limit a
+    model silently runs eager."""
+    name = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') \
+        else 'cache_size_limit'
+    return torch._dynamo.config.patch({name: max(8, models + 8)})
+
+
+def _time_round(entries, device):
+    """One train step of each entry in turn: {entry index: (seconds, peak CUDA bytes of the
+    step over what was allocated before it, or None)}."""
+    timed = {}
+    if device == 'cuda':
+        for i, entry in enumerate(entries):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            begin.record()
+            entry['step'](entry['runner'])
+            end.record()
+            timed[i] = (begin, end, torch.cuda.max_memory_allocated() - before)
+        torch.cuda.synchronize()
+        return {i: (begin.elapsed_time(end) / 1e3, peak)
+                for i, (begin, end, peak) in timed.items()}
+    for i, entry in enumerate(entries):
+        start = time.perf_counter()
+        entry['step'](entry['runner'])
+        timed[i] = (time.perf_counter() - start, None)
+    return timed
+
+
+def measure_rows(arch, img_size, batch, options, on_row=None, on_progress=None):
     """The rows of one (arch, image size, batch) table, each a dict: method (its key), name,
-    P, tuned (parameters), flops, seconds (median per step), first_seconds (the first
-    warm-up step's: with compile, the compilation), memory (bytes), their ratios to the P=0
-    reference (flops_x_p0, seconds_x_p0, memory_x_p0) and to full fine-tuning
-    (seconds_x_full, memory_x_full; None when full is not in ``options.methods``), and with
-    ``options.with_cp`` cp_memory and cp_x_no_cp. ``on_row(row)`` is called as each row is
-    done (the references are measured first), so a long run can print as it goes."""
+    P, tuned (parameters), flops, seconds (median per step; seconds_min, seconds_max and
+    seconds_all, every timed step's, beside it), first_seconds (the first warm-up step's:
+    with compile, the compilation), memory (bytes), their ratios to the P=0 reference
+    (flops_x_p0, seconds_x_p0, memory_x_p0) and to full fine-tuning (seconds_x_full,
+    memory_x_full; None when full is not in ``options.methods``), load (the highest 1-minute
+    load average seen while the row was timed, None where the OS has none), and with
+    ``options.with_cp`` cp_memory and cp_x_no_cp.
+
+    The rows' timed steps are interleaved so that a change of the machine's load hits every
+    row alike: every row's model is built (and warmed up) first, then each of
+    ``options.steps`` rounds runs one step of every row in turn. A step ratio (seconds_x_p0,
+    seconds_x_full) is the median over the rounds of this row's step over the reference's
+    step of the same round; its min and max are ``<key>_min`` and ``<key>_max``. Where the
+    models do not fit in memory together (half of what is free, :func:`memory_budget`), the
+    rows are timed in groups, each with the references (P=0 and full fine-tuning) timed
+    again beside them.
+
+    ``on_row(row)`` is called as each row is done, in table order; ``on_progress(message)``
+    with a line of progress as each model is built and each round timed."""
     torch.manual_seed(0)
+    say = on_progress or (lambda message: None)
+    started = time.perf_counter()
+    cuda = options.device == 'cuda'
+    wanted = row_keys(options)
+    references = [(REFERENCE, 0)] + ([(FULL, 0)] if FULL in options.methods else [])
+    others = [key for key in wanted if key not in references]
+    total = len(references) + len(others)
 
-    def run(method, p=0):
+    def prepare_row(method, p):
+        """A row's model on the device, its step, FLOPs and (on CPU) saved bytes; with_cp's
+        memory measured now, on a model of its own."""
         model = build(arch, method, p, img_size, options.arch_cfg)
-        return dict(measure(model, batch, img_size, options, options.steps), method=method,
-                    name=method_name(arch, method), P=p, tuned=tuned_parameters(model))
-
-    base = run(REFERENCE)
-    full = run(FULL) if FULL in options.methods else None
-    rows = []
-    for method, p in row_keys(options):
-        row = dict(base if method == REFERENCE else full if method == FULL else run(method, p))
-        for key in ('flops', 'seconds', 'memory'):
-            row[f'{key}_x_p0'] = _ratio(row[key], base[key])
-        for key in ('seconds', 'memory'):
-            row[f'{key}_x_full'] = _ratio(row[key], full and full[key])
-        if options.with_cp:
+        row = dict(method=method, name=method_name(arch, method), P=p,
+                   tuned=tuned_parameters(model), first_seconds=None)
+        img, step = prepare(model, batch, img_size, options)
+        with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+            step(model)  # on the eager model: compiled kernels are no aten ops to count
+        row['flops'] = counter.get_total_flops()
+        row['memory'] = None if cuda else saved_activation_bytes(model, img, options.amp_dtype)
+        if options.with_cp and (method, p) in wanted:
             # on GPU a warm-up and one step for the peak; on CPU one forward's saved bytes
             cp = build(arch, method, p, img_size, options.arch_cfg, with_cp=True)
-            row['cp_memory'] = measure(cp, batch, img_size, options,
-                                       1 if options.device == 'cuda' else 0,
+            row['cp_memory'] = measure(cp, batch, img_size, options, 1 if cuda else 0,
                                        count_flops=False)['memory']
+        built.append(method)
+        say(f'built {row_label(row)} ({len(built)}/{total}), FLOPs and memory counted '
+            f'[{time.perf_counter() - started:.0f} s]')
+        return dict(row=row, model=model, step=step, resident=resident_bytes(model))
+
+    def time_group(members):
+        """Warm-up of each, then the interleaved rounds; their rows' timed figures."""
+        if options.compile:
+            torch._dynamo.reset()  # once per group: its models are compiled side by side
+        with _compile_limit(len(members)) if options.compile else contextlib.nullcontext():
+            for entry in members:
+                entry['runner'] = compiled(entry['model'], options, reset=False)
+                synchronize(options.device)
+                start = time.perf_counter()
+                entry['step'](entry['runner'])  # with --compile, this compiles
+                synchronize(options.device)
+                if entry['row']['first_seconds'] is None:
+                    entry['row']['first_seconds'] = time.perf_counter() - start
+                for _ in range(options.warmup - 1):
+                    entry['step'](entry['runner'])
+            times = [[] for _ in members]
+            peaks = [0] * len(members)
+            load = machine_load()
+            for round_ in range(options.steps):
+                for i, (seconds, peak) in _time_round(members, options.device).items():
+                    times[i].append(seconds)
+                    peaks[i] = max(peaks[i], peak or 0)
+                now = machine_load()
+                load = None if now is None else max(now, load or 0)
+                say(f'timed round {round_ + 1}/{options.steps}: one step of each of '
+                    f'{len(members)} rows [{time.perf_counter() - started:.0f} s]')
+        return times, peaks, load
+
+    def finish(members, times, peaks, load):
+        """The timed figures and ratios of the rows timed in ``members`` (references first)."""
+        ref_times = times[0]
+        full_times = times[1] if len(references) == 2 else None
+        for entry, seconds, peak in zip(members, times, peaks):
+            row = entry['row']
+            if 'seconds' in row:  # a reference timed again beside a later group
+                continue
+            row['seconds_all'] = seconds
+            row['seconds_min'], row['seconds'], row['seconds_max'] = _spread(seconds)
+            row['load'] = load
+            if cuda:
+                row['memory'] = peak
+            for name, reference in (('x_p0', ref_times), ('x_full', full_times)):
+                ratios = None if reference is None else _spread(
+                    [s / r for s, r in zip(seconds, reference)])
+                (row[f'seconds_{name}_min'], row[f'seconds_{name}'],
+                 row[f'seconds_{name}_max']) = ratios or (None, None, None)
+            results[row['method'], row['P']] = row
+
+    results = {}
+    built = []
+    entries = [prepare_row(*key) for key in references]  # held throughout
+    group = []  # the other rows' models held now
+    budget = memory_budget(options.device)
+    held = sum(entry['resident'] for entry in entries)
+    for key in others:
+        entry = prepare_row(*key)
+        if group and budget is not None and held + entry['resident'] > budget:
+            say(f'the models do not fit in memory together: timing {len(group)} rows now, '
+                'the references again with the next group')
+            finish(entries + group, *time_group(entries + group))
+            group = []  # their models freed
+            held = sum(e['resident'] for e in entries)
+        group.append(entry)
+        held += entry['resident']
+    finish(entries + group, *time_group(entries + group))
+    for entry in entries:
+        entry['model'].cpu()
+
+    base = results[references[0]]
+    full = results.get((FULL, 0))
+    rows = []
+    for key in wanted:
+        row = dict(results[key])
+        for name in ('flops', 'memory'):
+            row[f'{name}_x_p0'] = _ratio(row[name], base[name])
+        row['memory_x_full'] = _ratio(row['memory'], full and full['memory'])
+        if options.with_cp:
             row['cp_x_no_cp'] = row['cp_memory'] / row['memory']
         rows.append(row)
+        say(f'done: {row_label(row)}, step {row["seconds"]:.4g} s '
+            f'(x P=0 {row["seconds_x_p0"]:.2f})')
         if on_row is not None:
             on_row(row)
     return rows
+
+
+def timing_warnings(rows, steps, cpus=None, spread_limit=SPREAD_LIMIT, load_limit=LOAD_LIMIT):
+    """Lines that say why the timed figures of ``rows`` are not to be trusted (none when
+    they are): fewer than 3 timed steps (no spread to judge); a row whose step ratios (taken
+    within each round) vary between rounds by more than ``spread_limit`` (max / min): the
+    ratios are not to be trusted; a row whose step times do: the times are not (its ratios
+    may still be, the reference's steps having slowed alike); a 1-minute load average above
+    ``load_limit`` per CPU while timing."""
+    cpus = cpus or os.cpu_count() or 1
+    lines = []
+    if steps < 3:
+        lines.append(f'WARNING: {steps} timed step(s) per row: no spread to judge the step times '
+                     'by; use --steps 5 or more for numbers to compare.')
+
+    def spread_of(keys):
+        """{row label: the largest max / min above the limit among ``keys``}."""
+        found = {}
+        for row in rows:
+            for key in keys:
+                low, high = row.get(f'{key}_min'), row.get(f'{key}_max')
+                if low and high and high / low > spread_limit:
+                    found[row_label(row)] = max(found.get(row_label(row), 0), high / low)
+        worst = sorted(found.items(), key=lambda item: -item[1])
+        more = f' and {len(worst) - 5} more' if len(worst) > 5 else ''
+        return ', '.join(f'{label} {ratio:.2f}' for label, ratio in worst[:5]) + more
+
+    ratios = spread_of(('seconds_x_p0', 'seconds_x_full'))
+    if ratios:
+        lines.append(f'WARNING: step ratios vary between rounds by more than {spread_limit:g}x '
+                     f'(max / min: {ratios}): the ratios are not to be trusted; rerun on an '
+                     'idle machine, with more --steps.')
+    times = spread_of(('seconds', ))
+    if times:
+        lines.append(f'WARNING: step times vary between rounds by more than {spread_limit:g}x '
+                     f'(max / min: {times}): the step times are not to be trusted'
+                     + ('' if ratios else ' (the ratios, taken within each round, vary less)')
+                     + '.')
+    loads = [row['load'] for row in rows if row.get('load') is not None]
+    if loads and max(loads) > load_limit * cpus:
+        lines.append(f'WARNING: the 1-minute load average reached {max(loads):.2f} on {cpus} '
+                     f'CPUs (this run\'s threads included) while timing: other jobs took CPU '
+                     'time from the steps, the times and ratios are not to be trusted; rerun '
+                     'on an idle machine.')
+    return lines

@@ -12,6 +12,7 @@ and a task that is complete is skipped by the next run.
 """
 import concurrent.futures
 import dataclasses
+import importlib.util
 import os
 import os.path as osp
 from typing import Callable, Optional
@@ -21,6 +22,7 @@ from PIL import Image
 
 from mmvpt.datasets.vtab import VTAB_SPLITS, VTAB_TASKS
 
+from . import downloads
 from .common import (
     PreparationError,
     one_line,
@@ -158,6 +160,8 @@ class VtabSource:
     version_note: str = ''  # why version differs from vpt_version
     manual_paths: tuple = ()  # what a manual download leaves in the manual dir
     manual_instruction: str = ''
+    # URLs in tfds' checksums for the dataset that this version and config do not fetch
+    unused_downloads: tuple = ()
 
     def label_rule(self):
         return (self.label.__doc__ or self.label.__name__).strip().split('\n')[0]
@@ -177,6 +181,10 @@ RETINOPATHY_MANUAL = (
     'trainLabels.csv.zip into {manual_dir} so that it holds train/, test/, sample/ and '
     'trainLabels.csv, then run again (tfds downloads the test labels itself)')
 
+CALTECH101_OLD_URL = ('https://drive.google.com/uc?export=download&'
+                      'id=137RyRjvTBkBiIfeYBNZBtViDHQ6_Ewsp')  # 3.0.1's
+EUROSAT_ALL_BANDS_URL = 'http://madm.dfki.de/files/sentinel/EuroSATallBands.zip'  # eurosat/all
+
 # The 19 tasks. Versions: VPT's VTAB_SETUP.md (tfds 4.4.0); this tfds (4.9.10) generates
 # only the newest version of caltech101, oxford_iiit_pet, svhn_cropped and kitti.
 VTAB_SOURCES = {
@@ -184,7 +192,8 @@ VTAB_SOURCES = {
                         dict(train=50000, test=10000)),
     'caltech101': VtabSource('caltech101', '3.0.2', '3.0.1', val_from_train(90),
                              dict(train=3060, test=6084),
-                             version_note='3.0.2 changed only the download URL'),
+                             version_note='3.0.2 changed only the download URL',
+                             unused_downloads=(CALTECH101_OLD_URL, )),
     'dtd': VtabSource('dtd', '3.0.1', '3.0.1', val_from_validation(),
                       dict(train=1880, validation=1880, test=1880)),
     'oxford_flowers102': VtabSource('oxford_flowers102', '2.1.1', '2.1.1', val_from_validation(),
@@ -202,7 +211,7 @@ VTAB_SOURCES = {
     'patch_camelyon': VtabSource('patch_camelyon', '2.0.0', '2.0.0', val_from_validation(),
                                  dict(train=262144, validation=32768, test=32768)),
     'eurosat': VtabSource('eurosat/rgb', '2.0.0', '2.0.0', three_parts_of_train(60, 20),
-                          dict(train=27000)),
+                          dict(train=27000), unused_downloads=(EUROSAT_ALL_BANDS_URL, )),
     'resisc45': VtabSource('resisc45', '3.0.0', '3.0.0', three_parts_of_train(60, 20),
                            dict(train=31500), manual_paths=('NWPU-RESISC45', ),
                            manual_instruction=RESISC45_MANUAL),
@@ -267,33 +276,156 @@ def import_tfds():
     return tfds
 
 
-def check_manual_download(task, source, manual_dir):
+def manual_download_problem(source, manual_dir):
+    """What is missing of ``source``'s manual download and how to get it, or None."""
     missing = [name for name in source.manual_paths
                if not osp.exists(osp.join(manual_dir, name))
                or (osp.isdir(osp.join(manual_dir, name))
                    and not os.listdir(osp.join(manual_dir, name)))]
     if missing:
-        raise PreparationError(
-            f'{task}: {", ".join(osp.join(manual_dir, name) for name in missing)} missing or '
-            f'empty; ' + source.manual_instruction.format(manual_dir=manual_dir))
+        return (f'{", ".join(osp.join(manual_dir, name) for name in missing)} missing or '
+                f'empty; ' + source.manual_instruction.format(manual_dir=manual_dir))
+    return None
+
+
+def tfds_builder(task, source, tfds, tfds_dir):
+    name = f'{source.tfds_name}:{source.version}'
+    try:
+        return tfds.builder(name, data_dir=tfds_dir)
+    except Exception as err:  # noqa: BLE001  unknown name or version: tfds' words, one line
+        raise PreparationError(f'{task}: tensorflow-datasets cannot provide {name} '
+                               f'({one_line(err)})') from None
+
+
+def downloads_for_real(builder):
+    """False under tfds.testing.mock_data, whose download_and_prepare does nothing."""
+    return type(builder).download_and_prepare.__module__.startswith('tensorflow_datasets.core')
+
+
+def needs_tensorflow(builder):
+    """tfds' own builders generate with TensorFlow: they read their archives with tf.io.gfile
+    and encode decoded images with tf.image (all of VTAB's do one or both); a builder
+    defined elsewhere may not."""
+    return type(builder).__module__.startswith('tensorflow_datasets.')
+
+
+def tensorflow_installed():
+    return importlib.util.find_spec('tensorflow') is not None
+
+
+def download_folders(builder):
+    """tfds' download folder, the dataset's folder in it and the extraction folder."""
+    folder = osp.join(str(builder.data_dir_root), 'downloads')
+    return folder, osp.join(folder, builder.name), osp.join(folder, 'extracted')
+
+
+def local_copy(builder, url, info, manual_dir):
+    """Where tfds takes ``url`` from without downloading it, or None: a file of its
+    checksums' name in the manual folder (tfds checks its sha256), or tfds' download cache."""
+    from etils import epath
+    from tensorflow_datasets.core.download import resource as tfds_resource
+    if info.filename and osp.exists(osp.join(manual_dir, info.filename)):
+        return osp.join(manual_dir, info.filename)
+    for folder in download_folders(builder)[:2]:  # tfds' legacy layout, and the dataset's
+        for checksum in (info.checksum, None):
+            path = epath.Path(folder) / tfds_resource.get_dl_fname(url, checksum)
+            if tfds_resource.is_locally_cached(path):
+                return str(path)
+    return None
+
+
+def missing_downloads(builder, source, manual_dir):
+    """``{url: tfds' UrlInfo}`` of the files preparing ``builder`` fetches that are not here."""
+    return {url: info for url, info in sorted((builder.url_infos or {}).items())
+            if url not in source.unused_downloads
+            and local_copy(builder, url, info, manual_dir) is None}
+
+
+def describe_files(files):
+    """Names, sizes and where to get them: the URLs of one or two, else their common folder."""
+    infos = list(files.values())
+    if len(files) <= 2:
+        return ', '.join(f'{info.filename} ({info.size}, {url})' for url, info in files.items())
+    prefix = osp.commonprefix(list(files)).rsplit('/', 1)[0] + '/'
+    total = type(infos[0].size)(sum(info.size for info in infos))
+    return f'{", ".join(info.filename for info in infos)} ({total} in all, from {prefix})'
+
+
+def download_problem(files, blocked, manual_dir):
+    hosts = {downloads.address_of(url) for url in files}
+    reasons = ', '.join(f'{downloads.describe_address(address)} ({blocked[address]})'
+                        for address in sorted(hosts))
+    return (f'cannot reach {reasons} to download {describe_files(files)}: put '
+            f'{"it" if len(files) == 1 else "them"} into {manual_dir}, where tfds takes '
+            f'downloads from (checking their sha256)')
+
+
+def check_before_downloading(root, tasks, sources, tfds, tfds_dir, manual_dir):
+    """Before any download, for each task still to write whose tfds dataset is not prepared:
+    its manual files, TensorFlow, and the hosts of the files to download (one short probe
+    each, all at once). A PreparationError names what the first task that lacks something
+    lacks, how to get it and the routes that need neither, and which other tasks lack some."""
+    pending = {}
+    for task in tasks:
+        if osp.isdir(osp.join(root, task)):
+            continue  # complete, or not this converter's: convert_task says which
+        source = sources[task]
+        builder = tfds_builder(task, source, tfds, tfds_dir)
+        if builder.is_prepared():
+            continue
+        needs = []  # what preparing it here lacks, besides the manual files
+        missing = {}
+        if downloads_for_real(builder):
+            if needs_tensorflow(builder) and not tensorflow_installed():
+                needs.append(
+                    f'generating {source.tfds_name}:{source.version} from its downloads needs '
+                    f'TensorFlow, not installed here (tfds\' builders read their archives with '
+                    f'it): pip install -r {TENSORFLOW_EXTRA}')
+            missing = missing_downloads(builder, source, manual_dir)
+        pending[task] = (source, manual_download_problem(source, manual_dir), needs, missing)
+    blocked = downloads.unreachable([url for *_, missing in pending.values() for url in missing])
+    stopped = {}
+    for task, (source, manual, needs, missing) in pending.items():
+        cut_off = {url: info for url, info in missing.items()
+                   if downloads.address_of(url) in blocked}
+        if cut_off:
+            needs.append(download_problem(cut_off, blocked, manual_dir))
+        if needs:
+            needs.append(
+                f'or use a copy prepared elsewhere ({source.tfds_name}:{source.version} is '
+                f'not prepared in {tfds_dir}): --tfds-dir DIR where it is, or an existing '
+                f'VTAB-1k folder (check it with `vtab1k.py --verify ROOT`)')
+        problems = ([manual] if manual else []) + needs
+        if problems:
+            stopped[task] = f'{task}: {"; ".join(problems)}'
+    if stopped:
+        first, *others = stopped
+        also = (f' ({len(others)} more of the tasks asked for cannot be prepared here either: '
+                f'{", ".join(others)})' if others else '')
+        raise PreparationError(stopped[first] + also)
 
 
 def open_tfds_splits(task, source, tfds, tfds_dir, manual_dir):
     """Prepares the tfds dataset (download and generation, once) and opens the splits the
-    task reads, as random-access data sources. Failures become one line."""
+    task reads, as random-access data sources. Failures become one line, and leave none of
+    the partial files of this run's downloads."""
     name = f'{source.tfds_name}:{source.version}'
-    try:
-        builder = tfds.builder(name, data_dir=tfds_dir)
-    except Exception as err:  # noqa: BLE001  unknown name or version: tfds' words, one line
-        raise PreparationError(f'{task}: tensorflow-datasets cannot provide {name} '
-                               f'({one_line(err)})') from None
+    builder = tfds_builder(task, source, tfds, tfds_dir)
     if source.manual_paths and not builder.is_prepared():
-        check_manual_download(task, source, manual_dir)
+        problem = manual_download_problem(source, manual_dir)
+        if problem:
+            raise PreparationError(f'{task}: {problem}')
+    folders = download_folders(builder)
+    partials = downloads.partial_files(*folders)
     try:
-        # array_record: the format tfds reads with random access and without TensorFlow.
-        builder.download_and_prepare(
-            file_format='array_record',
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        try:
+            # array_record: the format tfds reads with random access and without TensorFlow.
+            builder.download_and_prepare(
+                file_format='array_record',
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        except BaseException:
+            downloads.remove_partials(partials, *folders)
+            raise
     except ImportError as err:
         if (err.name or '').split('.')[0] == 'tensorflow':
             raise PreparationError(
@@ -421,6 +553,7 @@ def convert_vtab(root, tasks, tfds_dir, manual_dir=None, image_format='png', num
     sources = VTAB_SOURCES if sources is None else sources
     tfds = import_tfds()
     manual_dir = manual_dir or osp.join(tfds_dir, 'downloads', 'manual')
+    check_before_downloading(root, tasks, sources, tfds, tfds_dir, manual_dir)
     os.makedirs(root, exist_ok=True)
     if image_format == 'jpeg':
         log(f'note: JPEG (quality {JPEG_QUALITY}) is lossy: the pixels will differ from '

@@ -27,6 +27,13 @@ class FrozenInitHook(Hook):
     tensors.
     """
     priority = 'LOW'  # after the hooks that load or check checkpoints, before merging
+    #: the methods it belongs to: a config whose model has none of them goes without it
+    #: (``mmvpt.utils.drop_method_hooks``)
+    serves = 'methods that derive tensors from the frozen weights (CVPT, DoRA)'
+
+    @staticmethod
+    def serves_method(method_class):
+        return bool(getattr(method_class, 'derived_from_frozen', ()))
 
     def __init__(self):
         #: {method path in the model: names that a checkpoint brought or this hook derived}

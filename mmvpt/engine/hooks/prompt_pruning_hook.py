@@ -72,6 +72,13 @@ class PromptPruningHook(Hook):
         max_batches: score on at most this many batches (None: the whole training set).
     """
     priority = 80  # after ParamSchedulerHook (70) steps, before CheckpointHook (90) saves
+    #: the methods it belongs to: a config whose model has none of them goes without it
+    #: (``mmvpt.utils.drop_method_hooks``)
+    serves = 'methods with prunable prompts (E2VPT)'
+
+    @staticmethod
+    def serves_method(method_class):
+        return hasattr(method_class, 'prunable')
 
     def __init__(self, prune_after, token_fraction=0.5, segment_fraction=None, score='abs',
                  scope='block', rewind='init', by_epoch=True, max_batches=None):

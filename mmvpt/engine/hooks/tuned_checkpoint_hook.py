@@ -5,7 +5,7 @@ from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from mmvpt.models.utils.tuned_state import check_checkpoint_fit, prompt_methods, tuned_state_keys
 from mmvpt.registry import HOOKS
-from mmvpt.utils.tuned_checkpoint import make_tuned_only, saved_prompts
+from mmvpt.utils.tuned_checkpoint import make_tuned_only, merged_methods, saved_prompts
 
 __all__ = ['TunedCheckpointHook', 'prompt_methods', 'tuned_state_keys', 'unwrap']
 
@@ -51,4 +51,5 @@ class TunedCheckpointHook(Hook):
                  for k, v in checkpoint.get('state_dict', checkpoint).items()}
         # Fail before anything is loaded (the backbone checks again, for the other routes).
         check_checkpoint_fit(model, state, getattr(runner, '_load_from', None) or 'checkpoint',
-                             saved_prompts(checkpoint.get('meta')))
+                             saved_prompts(checkpoint.get('meta')),
+                             merged=merged_methods(checkpoint.get('meta')))

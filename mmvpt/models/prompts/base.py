@@ -435,7 +435,8 @@ def method_options(method_class):
 
 def check_method_options(method_class, cfg):
     """Fails for an option ``method_class`` does not take, naming the method, the closest
-    valid option and all of them (rather than a ``TypeError`` of a base constructor)."""
+    valid option (for another method's option: how a config switches methods) and all of
+    them (rather than a ``TypeError`` of a base constructor)."""
     options = method_options(method_class)
     unknown = sorted(set(cfg) - options - {'type'})
     if not unknown:
@@ -443,8 +444,20 @@ def check_method_options(method_class, cfg):
     key = unknown[0]
     close = difflib.get_close_matches(key, options, n=1)
     hint = f'; did you mean {close[0]!r}?' if close else ''
-    raise ValueError(f'{method_class.__name__} has no option {key!r}{hint} '
-                     f'({method_class.__name__} options: {", ".join(sorted(options))})')
+    name = method_class.__name__
+    # An option of another method: most likely inherited from a config of that method,
+    # since MMEngine merges a new prompt=dict(type=...) into the inherited one.
+    from mmvpt.models.methods import method_classes
+    owners = [cls.__name__ for cls in method_classes()
+              if cls is not method_class and key in method_options(cls)]
+    if owners:
+        base = (f' or inherit configs/_base_/methods/{method_class.config_folder}.py (its '
+                'recipe and hooks)' if method_class.config_folder else '')
+        hint = (f", an option of {' / '.join(owners)}: a config switching methods replaces the "
+                f"inherited prompt with prompt=dict(_delete_=True, type='mmvpt.{name}', ...)"
+                f'{base}')
+    raise ValueError(f'{name} has no option {key!r}{hint} '
+                     f'({name} options: {", ".join(sorted(options))})')
 
 
 def _per_layer(name, value, num_layers):

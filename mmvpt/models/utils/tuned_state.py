@@ -30,12 +30,20 @@ def tuned_state_keys(model):
 
 
 def check_checkpoint_fit(model, state, source='the checkpoint', saved_prompts=None,
-                         complete=True):
+                         complete=True, merged=None):
     """Fails with a :class:`CheckpointMismatchError` naming the keys when ``state`` (a
     state dict for ``model``) does not fit it: other prompt methods (``saved_prompts``, from
     the checkpoint's meta), tensors of another shape, unknown prompt tensors and, if
-    ``complete`` (a whole checkpoint, not a partial load), missing ones."""
+    ``complete`` (a whole checkpoint, not a partial load), missing ones. A checkpoint with
+    methods ``merged`` into its weights ({module name: class name}, from its meta) into a
+    model that has them fails naming the setting that loads it."""
     expected_prompts = describe_prompts(model)
+    unmerged = [module for module in merged or {} if module in expected_prompts]
+    if unmerged:
+        raise CheckpointMismatchError(
+            f'{source} holds {", ".join(merged[m] for m in unmerged)} merged into the frozen '
+            'weights (a model without the method): load it with --cfg-options '
+            + ' '.join(f'model.{m}=None' for m in unmerged))
     if saved_prompts is not None and saved_prompts != expected_prompts:
         raise CheckpointMismatchError(
             f'{source} was tuned with prompt methods {saved_prompts}, but the config builds '
