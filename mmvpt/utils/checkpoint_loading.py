@@ -63,18 +63,40 @@ def load_local_checkpoint(filename, map_location=None):
         raise FileNotFoundError(f'checkpoint file {filename!r} does not exist')
     if not hasattr(torch.serialization, 'add_safe_globals'):
         # torch < 2.4 has no allowlist, and loads everything by default anyway.
-        return torch.load(filename, map_location=map_location, weights_only=False)
+        return _read(filename, map_location, weights_only=False)
     # Not torch's safe_globals context: on exit it removes the types from the allowlist
     # that importing mmvpt filled for every loader.
     allow_mmengine_checkpoint_types()
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        return _read(filename, map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # Checkpoints written without mmvpt (MMEngine's own HistoryBuffer pickling).
         print_log(f'{filename} holds objects beyond tensors and MMEngine state '
                   f'({str(err).splitlines()[0]}); loading it with the full unpickler',
                   logger='current', level=logging.DEBUG)
-        return torch.load(filename, map_location=map_location, weights_only=False)
+        return _read(filename, map_location, weights_only=False)
+
+
+class UnreadableCheckpointError(OSError):
+    """A checkpoint file that torch cannot read: truncated, corrupt or of another format."""
+
+
+def _read(filename, map_location, weights_only):
+    """``torch.load``, a file it cannot read failing with one sentence that names the file
+    (torch's own: ``[Errno 22] Invalid argument``, ``KeyError: 101``, an empty EOFError)."""
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError:
+        if weights_only:
+            raise  # the caller retries with the full unpickler
+        reason = 'its objects cannot be unpickled'
+    except (OSError, EOFError, KeyError, RuntimeError, ValueError) as err:
+        detail = str(err).splitlines()[0] if str(err) else ''
+        reason = f'{type(err).__name__}{": " + detail if detail else ""}'
+    size = os.path.getsize(filename)
+    raise UnreadableCheckpointError(
+        f'checkpoint file {filename!r} ({size:,} bytes) cannot be read by torch.load ({reason}): '
+        'it is truncated (an interrupted copy or download?), corrupt, or not a torch checkpoint')
 
 
 def register_checkpoint_loader():

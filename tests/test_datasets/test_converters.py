@@ -484,7 +484,7 @@ def test_missing_tensorflow_is_one_line(tfds, tiny_builders, tmp_path, vtab_tool
     assert capsys.readouterr().err.splitlines() == [
         'vtab1k.py: error: dtd: generating needs_tensorflow:1.0.0 from its download needs '
         'TensorFlow (tfds\' builders read their archives with it): pip install -r '
-        'requirements/extras/data-tensorflow.txt']
+        f'{vtab_preparation.TENSORFLOW_EXTRA}']
     assert not osp.exists(tmp_path / 'out' / 'dtd')
 
 
@@ -512,7 +512,8 @@ def test_missing_tfds_is_one_line(vtab_tool, tmp_path, capsys, monkeypatch):
     assert vtab_tool.main([str(tmp_path), '--tasks', 'dtd']) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith('vtab1k.py: error: tensorflow-datasets is needed')
-    assert err[0].endswith('pip install -r requirements/extras/data.txt')
+    assert err[0].endswith(f'pip install -r {vtab_preparation.DATA_EXTRA}')
+    assert vtab_preparation.DATA_EXTRA == osp.join(ROOT, 'requirements/extras/data.txt')
 
 
 @pytest.mark.parametrize('task, needed', [
@@ -537,7 +538,7 @@ DTD_ARCHIVE = 'dtd-r1.0.1.tar.gz'
 DTD_URL = f'https://www.robots.ox.ac.uk/~vgg/data/dtd/download/{DTD_ARCHIVE}'
 NEEDS_TENSORFLOW = ("generating dtd:3.0.1 from its downloads needs TensorFlow, not installed "
                     "here (tfds' builders read their archives with it): pip install -r "
-                    "requirements/extras/data-tensorflow.txt")
+                    f"{vtab_preparation.TENSORFLOW_EXTRA}")
 OFFLINE_ROUTES = ('or use a copy prepared elsewhere (dtd:3.0.1 is not prepared in {tfds}): '
                   '--tfds-dir DIR where it is, or an existing VTAB-1k folder (check it with '
                   '`vtab1k.py --verify ROOT`)')

@@ -92,6 +92,26 @@ def test_load_pretrained_resizes_the_position_embedding_with_interpolate_mode(tm
     torch.testing.assert_close(model.vit.pos_embed.detach(), expected[mode], rtol=0, atol=1e-6)
 
 
+def test_an_unreadable_checkpoint_is_named(tmp_path):
+    from mmvpt.utils import load_local_checkpoint
+    from mmvpt.utils.checkpoint_loading import UnreadableCheckpointError
+    whole = tmp_path / 'epoch_1.pth'
+    torch.save(dict(state_dict={'w': torch.arange(4096.)}, meta=dict(epoch=1)), whole)
+    assert torch.equal(load_local_checkpoint(str(whole))['state_dict']['w'], torch.arange(4096.))
+    data = whole.read_bytes()
+    files = {'truncated.pth': data[:len(data) // 2], 'empty.pth': b'', 'text.pth': b'hello'}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UnreadableCheckpointError) as err:
+            load_local_checkpoint(str(tmp_path / name))
+        message = str(err.value)
+        assert message.startswith(f"checkpoint file '{tmp_path / name}' ({len(content):,} bytes) "
+                                  'cannot be read by torch.load (')
+        assert message.endswith('it is truncated (an interrupted copy or download?), corrupt, '
+                                'or not a torch checkpoint')
+        assert isinstance(err.value, OSError)  # a user error: the tools end it in one line
+
+
 @pytest.mark.tools
 def test_train_and_test_end_a_user_error_with_one_line(tmp_path):
     config = osp.join(ROOT, 'configs/cvpt/vit-b16_vtab-dtd.py')

@@ -32,8 +32,18 @@ from .common import (
     write_manifest,
 )
 
-DATA_EXTRA = 'requirements/extras/data.txt'
-TENSORFLOW_EXTRA = 'requirements/extras/data-tensorflow.txt'
+
+def _extra(name):
+    """requirements/extras/NAME of this checkout, by absolute path (a converter may run from
+    any folder); relative where mmvpt is installed without its repository."""
+    relative = osp.join('requirements', 'extras', name)
+    path = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))),
+                    relative)
+    return path if osp.isfile(path) else relative
+
+
+DATA_EXTRA = _extra('data.txt')
+TENSORFLOW_EXTRA = _extra('data-tensorflow.txt')
 # PNG is lossless whatever the level; zlib's level 1 wrote a 600x512 photo 3.4x faster than
 # PIL's default 6, for 7% more bytes.
 PNG_COMPRESS_LEVEL = 1
