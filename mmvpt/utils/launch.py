@@ -10,6 +10,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import time
 import traceback
 
 import torch
@@ -37,6 +38,10 @@ USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 # Set by tools/_torchrun.py (tools/dist_train.sh, dist_test.sh) for its workers: the file where
 # the first rank that meets a user error leaves its line, for the launcher to print last.
 ERROR_FILE_VAR = 'MMVPT_ERROR_FILE'
+
+
+# How long a rank other than 0 waits for rank 0's line before it reports its own (seconds).
+RANK0_GRACE_S = 5.
 
 
 class _UsageError(Exception):
@@ -87,8 +92,14 @@ def _raise_usage_error(parser, message):
 def _report(line, status, error_file):
     """Prints ``line`` and exits with ``status``; with ``error_file``, leaves it there for
     tools/_torchrun.py if no other rank did first (creating the file exclusively decides
-    which), printing nothing."""
+    which), printing nothing. A rank other than 0 first gives rank 0 a few seconds to report:
+    an error every rank meets (a config value) is then rank 0's, whose line names its log file
+    (the other ranks keep none)."""
     if error_file:
+        if os.environ.get('RANK', '0') != '0':
+            deadline = time.monotonic() + RANK0_GRACE_S
+            while not os.path.exists(error_file) and time.monotonic() < deadline:
+                time.sleep(0.05)
         try:
             fd = os.open(error_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except FileExistsError:

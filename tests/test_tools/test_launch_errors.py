@@ -2,6 +2,7 @@
 under tools/dist_train.sh (2 gloo processes): printed once, last, after torchrun ended,
 without torchrun's failure summary; the traceback in the log file."""
 import argparse
+import os
 import os.path as osp
 
 import pytest
@@ -110,6 +111,40 @@ def test_under_the_dist_launcher_the_first_rank_leaves_its_line_in_the_error_fil
         '(usage: train.py --help)\n')
     assert argparse.ArgumentParser.error is parser_error
     assert capsys.readouterr().err == ''
+
+
+def test_another_rank_leaves_rank_0_the_line_of_an_error_both_meet(tmp_path, monkeypatch, logged):
+    import threading
+    error_file = tmp_path / 'user_error'
+    monkeypatch.setenv(ERROR_FILE_VAR, str(error_file))
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setattr(launch, 'RANK0_GRACE_S', 2.)
+
+    def fail():
+        def main(argv):
+            raise ValueError('lr=-1 cannot work')
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(main)
+        return exit_.value.code
+
+    rank_0 = '1\nmmvpt: ValueError: lr=-1 cannot work (traceback in work/rank0.log)\n'
+    rank_1 = '1\nmmvpt: ValueError: lr=-1 cannot work (traceback in work/run.log)\n'
+    claimed = []
+
+    def rank_0_reports():  # a moment later, claiming the file as _report does
+        fd = os.open(error_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, rank_0.encode())
+        os.close(fd)
+        claimed.append(True)
+    timer = threading.Timer(0.3, rank_0_reports)
+    timer.start()
+    assert fail() == 1
+    timer.join()
+    assert claimed == [True] and error_file.read_text() == rank_0
+    # rank 0 reports nothing within the grace: this rank's own line
+    error_file.unlink()
+    monkeypatch.setattr(launch, 'RANK0_GRACE_S', 0.2)
+    assert fail() == 1 and error_file.read_text() == rank_1
 
 
 def test_without_the_dist_launcher_other_errors_raise(monkeypatch, tmp_path):
