@@ -10,7 +10,9 @@ so it is here rather than beside the key-name converters of pretrained weights
 import os
 import os.path as osp
 
-from .inference import InputError, checkpoint_meta, load_model, merge_into_weights
+from mmvpt.utils.tuned_checkpoint import checkpoint_meta
+
+from .inference import InputError, load_model, merge_into_weights
 
 # How many differing settings the line on the config used names.
 _SHOWN_DIFFERENCES = 6
@@ -35,19 +37,19 @@ def _model_differences(saved, given):
             if key not in given or given[key] != value]
 
 
-def merge_config(config, checkpoint, cfg_options=None):
+def merge_config(config, checkpoint, cfg_options=None, meta=None):
     """(config, saved, line) to merge ``checkpoint`` with: the config saved in the checkpoint
     (``meta['cfg']``, which MMEngine's runner writes, with the training run's --cfg-options
     applied) when it has one (``saved``), else the file ``config``; ``cfg_options`` on top of
     either. The line says which was used and, for the saved one, the model settings that the
-    file lacks."""
+    file lacks. ``meta``: the checkpoint's, if already read."""
     from mmengine.config import Config
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config!r} does not exist')
     given = Config.fromfile(config)
     if cfg_options:
         given.merge_from_dict(cfg_options)
-    saved = checkpoint_meta(checkpoint).get('cfg')
+    saved = (checkpoint_meta(checkpoint) if meta is None else meta).get('cfg')
     if not isinstance(saved, str) or not saved.strip():
         return given, False, (f'config: {config} (with --cfg-options)' if cfg_options else
                        f'config: {config}') + f'; {checkpoint} saves none'
@@ -88,11 +90,12 @@ def merge_checkpoint(config, checkpoint, out, timm_out=None, cfg_options=None):
     for path in (out, timm_out):
         if path is not None and osp.realpath(path) in inputs:
             raise InputError(f'{path}: would overwrite an input; name another file')
-    merged = merged_methods(checkpoint_meta(checkpoint))
+    source_meta = checkpoint_meta(checkpoint)
+    merged = merged_methods(source_meta)
     if merged:
         raise InputError(f'{checkpoint}: holds {", ".join(merged.values())} merged into the '
                          'frozen weights already; nothing is left to merge')
-    merge_cfg, saved, line = merge_config(config, checkpoint, cfg_options)
+    merge_cfg, saved, line = merge_config(config, checkpoint, cfg_options, source_meta)
     print_log(line, logger='current')
     try:
         model, cfg = load_model(merge_cfg, checkpoint)
@@ -107,8 +110,8 @@ def merge_checkpoint(config, checkpoint, out, timm_out=None, cfg_options=None):
     remove_methods(cfg, prompts)
     cfg.model.backbone.init_cfg = None  # the merged weights are in the checkpoint
     meta = {'cfg': cfg.pretty_text, 'merged': name, META_KEY: merged_meta(prompts)}
-    if checkpoint_meta(checkpoint).get('dataset_meta'):
-        meta['dataset_meta'] = checkpoint_meta(checkpoint)['dataset_meta']
+    if source_meta.get('dataset_meta'):
+        meta['dataset_meta'] = source_meta['dataset_meta']
     for path, state in ((out, dict(state_dict=model.state_dict(), meta=meta)),
                         (timm_out, model.backbone.timm_model.state_dict())):
         if path is not None:

@@ -197,18 +197,14 @@ def check_outputs_spare_inputs(files, outputs):
 
 
 # -- class names --------------------------------------------------------------------------------
-def checkpoint_meta(path):
-    """The checkpoint's ``meta`` (memory-mapped: its tensors are not read)."""
-    from mmvpt.utils.tuned_checkpoint import checkpoint_meta
-    return checkpoint_meta(path)
-
-
 def dataset_meta(cfg, checkpoint, registry):
     """``(classes, palette)`` for the predictions, from the first of these that names the
     classes: the config's test dataset (``classes=`` or ``metainfo=``, in the file or from
     --cfg-options), the checkpoint's ``dataset_meta`` (the training data's), the test
     dataset class's defaults (``METAINFO``); ``(None, None)`` if none does."""
     from mmengine.fileio import list_from_file
+
+    from mmvpt.utils.tuned_checkpoint import checkpoint_meta
     dataset = cfg.get('test_dataloader', {}).get('dataset', {})
     given = dict(dataset.get('metainfo') or {})
     if dataset.get('classes') is not None:

@@ -5,6 +5,7 @@ import os
 import statistics
 import time
 import warnings
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -116,13 +117,7 @@ def time_steps(step, device, warmup, steps):
     of ``step()`` run ``warmup`` times, then ``steps`` times timed: by CUDA events around
     each step on GPU, perf_counter on CPU. The peak is what the timed steps allocated on top
     of what was allocated before them."""
-    synchronize(device)
-    start = time.perf_counter()
-    step()  # with --compile, this compiles
-    synchronize(device)
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        step()
+    first = warm_up(step, device, warmup)
     peak = None
     if device == 'cuda':
         torch.cuda.synchronize()
@@ -146,6 +141,29 @@ def time_steps(step, device, warmup, steps):
     return first, statistics.median(seconds), peak
 
 
+def warm_up(step, device, warmup):
+    """Runs ``step()`` ``warmup`` times (at least once); the first run's seconds (with
+    --compile: the compilation)."""
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        step()
+    return first
+
+
+def count_step(model, img, step, options):
+    """(FLOPs of one train step, counted on the eager model: compiled kernels are no aten
+    ops to count; the bytes it saves for backward on CPU, None on GPU)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        step(model)
+    memory = None if options.device == 'cuda' else saved_activation_bytes(model, img,
+                                                                          options.amp_dtype)
+    return counter.get_total_flops(), memory
+
+
 def prepare(model, batch, img_size, options):
     """``model`` on the device, and its train step as a function of the module to run (the
     model or its compiled wrapper): AdamW on what requires grad, a fixed random batch."""
@@ -163,11 +181,9 @@ def measure(model, batch, img_size, options, steps, count_flops=True):
     None without ``count_flops``; seconds None when ``steps`` is 0."""
     img, step = prepare(model, batch, img_size, options)
     result = dict(flops=None, seconds=None, first_seconds=None, memory=None)
-    if count_flops:  # on the eager model: compiled kernels are no aten ops to count
-        with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
-            step(model)
-        result['flops'] = counter.get_total_flops()
-    if options.device != 'cuda':
+    if count_flops:
+        result['flops'], result['memory'] = count_step(model, img, step, options)
+    elif options.device != 'cuda':
         result['memory'] = saved_activation_bytes(model, img, options.amp_dtype)
     if steps:
         runner = compiled(model, options)
@@ -311,10 +327,7 @@ def measure_rows(arch, img_size, batch, options, on_row=None, on_progress=None):
         row = dict(method=method, name=method_name(arch, method), P=p,
                    tuned=tuned_parameters(model), first_seconds=None)
         img, step = prepare(model, batch, img_size, options)
-        with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
-            step(model)  # on the eager model: compiled kernels are no aten ops to count
-        row['flops'] = counter.get_total_flops()
-        row['memory'] = None if cuda else saved_activation_bytes(model, img, options.amp_dtype)
+        row['flops'], row['memory'] = count_step(model, img, step, options)
         if options.with_cp and (method, p) in wanted:
             # on GPU a warm-up and one step for the peak; on CPU one forward's saved bytes
             cp = build(arch, method, p, img_size, options.arch_cfg, with_cp=True)
@@ -331,15 +344,10 @@ def measure_rows(arch, img_size, batch, options, on_row=None, on_progress=None):
             torch._dynamo.reset()  # once per group: its models are compiled side by side
         with _compile_limit(len(members)) if options.compile else contextlib.nullcontext():
             for entry in members:
-                entry['runner'] = compiled(entry['model'], options, reset=False)
-                synchronize(options.device)
-                start = time.perf_counter()
-                entry['step'](entry['runner'])  # with --compile, this compiles
-                synchronize(options.device)
+                runner = entry['runner'] = compiled(entry['model'], options, reset=False)
+                first = warm_up(partial(entry['step'], runner), options.device, options.warmup)
                 if entry['row']['first_seconds'] is None:
-                    entry['row']['first_seconds'] = time.perf_counter() - start
-                for _ in range(options.warmup - 1):
-                    entry['step'](entry['runner'])
+                    entry['row']['first_seconds'] = first
             times = [[] for _ in members]
             peaks = [0] * len(members)
             load = machine_load()
